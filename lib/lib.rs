@@ -5,4 +5,5 @@
 //! card command set (`card`), DMA memory (`dma`), and the emulated card
 //! (`emu`) that is the embedded default.
 
+pub mod card;
 pub mod dma;
