@@ -7,3 +7,5 @@
 
 pub mod card;
 pub mod dma;
+pub mod emu;
+pub mod pci;
