@@ -8,4 +8,5 @@
 pub mod card;
 pub mod dma;
 pub mod emu;
+pub mod nvme;
 pub mod pci;
