@@ -14,3 +14,9 @@ pub use nand::{
 };
 pub use physics::{is_factory_bad, PhysicsParams};
 pub use profile::{iodrive2_config, small_test_config};
+
+mod controller;
+mod timing;
+
+pub use controller::{EmuController, EmuOptions, MAX_IO_QUEUES, MAX_QUEUE_ENTRIES};
+pub use timing::{DieClocks, NandOp, TimingProfile};

@@ -444,8 +444,9 @@ impl NandArray {
     /// Reads one page and its OOB.
     ///
     /// # Safety
-    /// `data` must be valid for writes of `page_size` bytes and `oob`, unless
-    /// null, for writes of `oob_size` bytes; neither may overlap the array.
+    /// `data`, unless null (an OOB-only read), must be valid for writes of
+    /// `page_size` bytes and `oob`, unless null, for writes of `oob_size`
+    /// bytes; neither may overlap the array.
     /// They may be device-visible memory: they are only written through raw
     /// pointers.
     pub unsafe fn read_page(&self, ppa: Ppa, data: *mut u8, oob: *mut u8) -> PageRead {
@@ -471,7 +472,9 @@ impl NandArray {
             // SAFETY: the caller guarantees `data` (and `oob` when non-null)
             // are writable for a page and an OOB.
             unsafe {
-                std::ptr::write_bytes(data, 0xff, g.page_size as usize);
+                if !data.is_null() {
+                    std::ptr::write_bytes(data, 0xff, g.page_size as usize);
+                }
                 if !oob.is_null() {
                     std::ptr::write_bytes(oob, 0xff, g.oob_size as usize);
                 }
@@ -483,7 +486,9 @@ impl NandArray {
         // the mapping; the block lock keeps writers out; the caller
         // guarantees the destinations.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.image.ptr(self.data_off(pi)), data, g.page_size as usize);
+            if !data.is_null() {
+                std::ptr::copy_nonoverlapping(self.image.ptr(self.data_off(pi)), data, g.page_size as usize);
+            }
             if !oob.is_null() {
                 std::ptr::copy_nonoverlapping(self.image.ptr(self.oob_off(pi)), oob, g.oob_size as usize);
             }
