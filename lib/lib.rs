@@ -10,3 +10,4 @@ pub mod dma;
 pub mod emu;
 pub mod nvme;
 pub mod pci;
+pub mod units;

@@ -41,8 +41,8 @@ const STRIDE: usize = 4;
 /// How an emulated controller behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EmuOptions {
-    /// NAND timing model.
-    pub timing: TimingProfile,
+    /// NAND timing model; `None` uses the one the card was created with.
+    pub timing: Option<TimingProfile>,
 }
 
 /// The register page, aligned for 64-bit registers.
@@ -114,6 +114,7 @@ impl EmuController {
         }
         let config = nand.config();
         let geometry = config.geometry;
+        let timing = options.timing.unwrap_or(config.timing);
         let bar = Arc::new(BarMemory {
             words: vec![0u64; BAR_BYTES / 8].into_boxed_slice(),
         });
@@ -132,11 +133,11 @@ impl EmuController {
             max_queue_entries: MAX_QUEUE_ENTRIES,
             max_io_queues: MAX_IO_QUEUES as u32,
             sector_sizes: vec![512, 4096],
-            timing_profile: options.timing.name().into(),
+            timing_profile: timing.name().into(),
         };
         let queues = MAX_IO_QUEUES as usize + 1;
         Ok(Arc::new(Self {
-            clocks: DieClocks::new(options.timing, geometry.dies()),
+            clocks: DieClocks::new(timing, geometry.dies()),
             nand,
             dma,
             options,

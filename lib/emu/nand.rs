@@ -45,6 +45,10 @@ pub struct NandConfig {
     pub factory_bad_fraction: f64,
     /// Physics tunables.
     pub physics: PhysicsParams,
+    /// NAND timing model the card's controller applies (kept with the card
+    /// so an image made with `--timing iodrive2` stays that slow).
+    #[serde(default)]
+    pub timing: super::TimingProfile,
 }
 
 impl NandConfig {

@@ -1,6 +1,7 @@
 //! Ready-made card configurations: an ioDrive2 of a given capacity, and a
 //! small array for tests.
 
+use super::TimingProfile;
 use super::nand::NandConfig;
 use super::physics::{mix64, PhysicsParams};
 use crate::card::{CardIdentity, Geometry};
@@ -90,6 +91,7 @@ pub fn iodrive2_config(advertised_bytes: u64, seed: u64) -> NandConfig {
         seed,
         factory_bad_fraction: IODRIVE2_FACTORY_BAD_FRACTION,
         physics: PhysicsParams::default(),
+        timing: TimingProfile::None,
     }
 }
 
@@ -112,6 +114,7 @@ pub fn small_test_config(seed: u64) -> NandConfig {
         seed,
         factory_bad_fraction: 0.0,
         physics: PhysicsParams::default(),
+        timing: TimingProfile::None,
     }
 }
 
