@@ -35,7 +35,12 @@ pub struct PciAddress {
 impl PciAddress {
     /// Builds an address, checking the device and function ranges.
     pub fn new(domain: u32, bus: u8, device: u8, function: u8) -> Result<Self, PciError> {
-        let addr = Self { domain, bus, device, function };
+        let addr = Self {
+            domain,
+            bus,
+            device,
+            function,
+        };
         if device > MAX_DEVICE {
             return Err(invalid(&addr.to_string(), "device number above 0x1f"));
         }
@@ -47,12 +52,21 @@ impl PciAddress {
 }
 
 fn invalid(input: &str, reason: &'static str) -> PciError {
-    PciError::InvalidAddress { input: input.to_owned(), reason }
+    PciError::InvalidAddress {
+        input: input.to_owned(),
+        reason,
+    }
 }
 
 /// Parses a hex field of at most `max_digits` digits.
-fn hex_field(input: &str, field: &str, max_digits: usize, what: &'static str) -> Result<u32, PciError> {
-    if field.is_empty() || field.len() > max_digits || !field.bytes().all(|b| b.is_ascii_hexdigit()) {
+fn hex_field(
+    input: &str,
+    field: &str,
+    max_digits: usize,
+    what: &'static str,
+) -> Result<u32, PciError> {
+    if field.is_empty() || field.len() > max_digits || !field.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(invalid(input, what));
     }
     u32::from_str_radix(field, 16).map_err(|_| invalid(input, what))
@@ -86,13 +100,22 @@ impl FromStr for PciAddress {
             return Err(invalid(input, "function number above 7"));
         }
         // The digit limits above keep bus, device and function below 0x100.
-        Ok(Self { domain, bus: bus as u8, device: device as u8, function: function as u8 })
+        Ok(Self {
+            domain,
+            bus: bus as u8,
+            device: device as u8,
+            function: function as u8,
+        })
     }
 }
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
     }
 }
 
@@ -109,11 +132,27 @@ mod tests {
     #[test]
     fn parses_full_and_short_forms() {
         let full: PciAddress = "0000:03:00.0".parse().unwrap();
-        assert_eq!(full, PciAddress { domain: 0, bus: 3, device: 0, function: 0 });
+        assert_eq!(
+            full,
+            PciAddress {
+                domain: 0,
+                bus: 3,
+                device: 0,
+                function: 0
+            }
+        );
         let short: PciAddress = "03:00.0".parse().unwrap();
         assert_eq!(short, full);
         let vmd: PciAddress = "10000:e1:1f.7".parse().unwrap();
-        assert_eq!(vmd, PciAddress { domain: 0x10000, bus: 0xe1, device: 0x1f, function: 7 });
+        assert_eq!(
+            vmd,
+            PciAddress {
+                domain: 0x10000,
+                bus: 0xe1,
+                device: 0x1f,
+                function: 7
+            }
+        );
         let upper: PciAddress = " 0000:AF:0A.1\n".parse().unwrap();
         assert_eq!(upper.to_string(), "0000:af:0a.1");
     }
@@ -142,7 +181,10 @@ mod tests {
             let err = input.parse::<PciAddress>().unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(reason), "{input:?}: {msg}");
-            assert!(msg.contains("0000:03:00.0"), "message shows the expected form: {msg}");
+            assert!(
+                msg.contains("0000:03:00.0"),
+                "message shows the expected form: {msg}"
+            );
         }
     }
 
@@ -155,10 +197,25 @@ mod tests {
 
     #[test]
     fn orders_like_lspci() {
-        let mut v: Vec<PciAddress> =
-            ["0000:05:00.1", "0000:03:00.0", "0001:00:00.0", "0000:05:00.0"].iter().map(|s| s.parse().unwrap()).collect();
+        let mut v: Vec<PciAddress> = [
+            "0000:05:00.1",
+            "0000:03:00.0",
+            "0001:00:00.0",
+            "0000:05:00.0",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         v.sort();
         let s: Vec<String> = v.iter().map(ToString::to_string).collect();
-        assert_eq!(s, ["0000:03:00.0", "0000:05:00.0", "0000:05:00.1", "0001:00:00.0"]);
+        assert_eq!(
+            s,
+            [
+                "0000:03:00.0",
+                "0000:05:00.0",
+                "0000:05:00.1",
+                "0001:00:00.0"
+            ]
+        );
     }
 }

@@ -48,7 +48,10 @@ impl SysfsWriter for KernelSysfs {
         // sysfs takes an attribute value in a single write(2).
         let written = file.write(value.as_bytes())?;
         if written != value.len() {
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short write to a sysfs attribute"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short write to a sysfs attribute",
+            ));
         }
         Ok(())
     }
@@ -97,14 +100,26 @@ impl Recorder<'_> {
     fn write(&mut self, path: PathBuf, value: &str) -> Result<(), PciError> {
         self.writer
             .write(&path, value)
-            .map_err(|source| PciError::Write { path: path.clone(), value: value.to_owned(), source })?;
-        self.writes.push(SysfsWrite { path, value: value.to_owned() });
+            .map_err(|source| PciError::Write {
+                path: path.clone(),
+                value: value.to_owned(),
+                source,
+            })?;
+        self.writes.push(SysfsWrite {
+            path,
+            value: value.to_owned(),
+        });
         Ok(())
     }
 
     /// Asks the kernel to probe drivers for `address`; `fallback_driver` is
     /// bound directly when the kernel has no `drivers_probe`.
-    fn probe(&mut self, root: &SysfsRoot, address: PciAddress, fallback_driver: Option<&str>) -> Result<(), PciError> {
+    fn probe(
+        &mut self,
+        root: &SysfsRoot,
+        address: PciAddress,
+        fallback_driver: Option<&str>,
+    ) -> Result<(), PciError> {
         let probe = root.drivers_probe();
         if probe.exists() {
             return self.write(probe, &address.to_string());
@@ -149,19 +164,29 @@ pub fn bind_to_vfio_with(
     let dev_dir = root.device_dir(address);
     let override_path = dev_dir.join("driver_override");
     if !override_path.is_file() {
-        return Err(PciError::DriverOverrideUnsupported { path: override_path });
+        return Err(PciError::DriverOverrideUnsupported {
+            path: override_path,
+        });
     }
 
-    let mut rec = Recorder { writer, writes: Vec::new() };
+    let mut rec = Recorder {
+        writer,
+        writes: Vec::new(),
+    };
     rec.write(override_path.clone(), VFIO_PCI_DRIVER)?;
     let attempt = hand_over(&mut rec, root, &dev);
     match attempt {
-        Ok(Some(driver)) if driver == VFIO_PCI_DRIVER => {
-            Ok(BindOutcome::Bound { previous_driver: dev.driver, writes: rec.writes })
-        }
+        Ok(Some(driver)) if driver == VFIO_PCI_DRIVER => Ok(BindOutcome::Bound {
+            previous_driver: dev.driver,
+            writes: rec.writes,
+        }),
         Ok(now) => {
             let rollback = roll_back(&mut rec, root, &dev);
-            Err(PciError::BindDidNotTake { address, driver: now.unwrap_or_else(|| "none".to_owned()), rollback })
+            Err(PciError::BindDidNotTake {
+                address,
+                driver: now.unwrap_or_else(|| "none".to_owned()),
+                rollback,
+            })
         }
         Err(e) => {
             roll_back(&mut rec, root, &dev);
@@ -171,10 +196,17 @@ pub fn bind_to_vfio_with(
 }
 
 /// Steps 2 to 4: unbind from the current driver, probe, read the driver back.
-fn hand_over(rec: &mut Recorder<'_>, root: &SysfsRoot, dev: &PciDevice) -> Result<Option<String>, PciError> {
+fn hand_over(
+    rec: &mut Recorder<'_>,
+    root: &SysfsRoot,
+    dev: &PciDevice,
+) -> Result<Option<String>, PciError> {
     let dev_dir = root.device_dir(dev.address);
     if let Some(driver) = &dev.driver {
-        rec.write(unbind_path(root, &dev_dir, driver), &dev.address.to_string())?;
+        rec.write(
+            unbind_path(root, &dev_dir, driver),
+            &dev.address.to_string(),
+        )?;
     }
     rec.probe(root, dev.address, Some(VFIO_PCI_DRIVER))?;
     link_name(&dev_dir.join("driver"))
@@ -228,7 +260,12 @@ fn check_group_peers(root: &SysfsRoot, address: PciAddress, group: u32) -> Resul
         if GROUP_SAFE_DRIVERS.contains(&driver.as_str()) || dev.class >> 8 == PCI_BRIDGE_CLASS {
             continue;
         }
-        return Err(PciError::GroupPeerBound { address, group, peer, driver });
+        return Err(PciError::GroupPeerBound {
+            address,
+            group,
+            peer,
+            driver,
+        });
     }
     Ok(())
 }
@@ -267,10 +304,18 @@ pub fn unbind_with(
     let dev = read_device(root, address)?;
     match dev.driver.as_deref() {
         None | Some(VFIO_PCI_DRIVER) => {}
-        Some(other) => return Err(PciError::NotBoundToVfio { address, driver: other.to_owned() }),
+        Some(other) => {
+            return Err(PciError::NotBoundToVfio {
+                address,
+                driver: other.to_owned(),
+            })
+        }
     }
     let dev_dir = root.device_dir(address);
-    let mut rec = Recorder { writer, writes: Vec::new() };
+    let mut rec = Recorder {
+        writer,
+        writes: Vec::new(),
+    };
     if let Some(driver) = &dev.driver {
         rec.write(unbind_path(root, &dev_dir, driver), &address.to_string())?;
     }
@@ -295,5 +340,8 @@ pub fn unbind_with(
             }
         }
     }
-    Ok(UnbindOutcome { driver_after, writes: rec.writes })
+    Ok(UnbindOutcome {
+        driver_after,
+        writes: rec.writes,
+    })
 }

@@ -124,7 +124,11 @@ impl IoMemoryModel {
             (FUSION_IO_VENDOR, _) => Generation::Unrecognised,
             _ => return None,
         };
-        Some(Self { device_id: device, generation, oem: Oem::from_subsystem_vendor(subsystem_vendor) })
+        Some(Self {
+            device_id: device,
+            generation,
+            oem: Oem::from_subsystem_vendor(subsystem_vendor),
+        })
     }
 
     /// Display name: the generation, prefixed by the OEM product line for
@@ -139,7 +143,9 @@ impl IoMemoryModel {
     /// Whether our command protocol drives this model. No real ioMemory card
     /// does: its command set lives in the vendor's closed driver core.
     pub fn protocol_support(&self) -> ProtocolSupport {
-        ProtocolSupport::IdentifyOnly { reason: UNSUPPORTED_PROTOCOL_REASON }
+        ProtocolSupport::IdentifyOnly {
+            reason: UNSUPPORTED_PROTOCOL_REASON,
+        }
     }
 }
 
@@ -169,7 +175,9 @@ mod tests {
 
     #[test]
     fn recognises_generations_by_device_id() {
-        for dev in [0x1000, 0x1001, 0x1003, 0x1004, 0x1005, 0x1006, 0x1007, 0x1008] {
+        for dev in [
+            0x1000, 0x1001, 0x1003, 0x1004, 0x1005, 0x1006, 0x1007, 0x1008,
+        ] {
             assert_eq!(generation(0x1aed, dev), Some(Generation::Gen1), "{dev:#x}");
         }
         assert_eq!(generation(0x1aed, 0x2001), Some(Generation::IoDrive2));
@@ -194,16 +202,27 @@ mod tests {
         let dell = IoMemoryModel::identify(0x1aed, 0x1008, 0x1028).unwrap();
         assert_eq!(dell.name(), "Dell ioDrive (ioDrive (VSL gen 1))");
         let ibm = IoMemoryModel::identify(0x1aed, 0x3001, 0x1014).unwrap();
-        assert_eq!(ibm.name(), "IBM High IOPS (ioScale/ioDrive3-class (later generation))");
+        assert_eq!(
+            ibm.name(),
+            "IBM High IOPS (ioScale/ioDrive3-class (later generation))"
+        );
     }
 
     #[test]
     fn no_real_model_is_driven_by_the_protocol() {
-        for (v, d) in [(0x1aed, 0x1005), (0x1aed, 0x2001), (0x1aed, 0x3000), (0xfafa, 0xe003), (0x1aed, 0x4444)] {
+        for (v, d) in [
+            (0x1aed, 0x1005),
+            (0x1aed, 0x2001),
+            (0x1aed, 0x3000),
+            (0xfafa, 0xe003),
+            (0x1aed, 0x4444),
+        ] {
             let model = IoMemoryModel::identify(v, d, v).unwrap();
             assert_eq!(
                 model.protocol_support(),
-                ProtocolSupport::IdentifyOnly { reason: UNSUPPORTED_PROTOCOL_REASON }
+                ProtocolSupport::IdentifyOnly {
+                    reason: UNSUPPORTED_PROTOCOL_REASON
+                }
             );
         }
         assert!(UNSUPPORTED_PROTOCOL_REASON.starts_with("command protocol not supported"));

@@ -6,7 +6,15 @@ use std::fmt::Write as _;
 use super::ids::ProtocolSupport;
 use super::sysfs::{DeviceKind, PciDevice};
 
-const HEADER: [&str; 7] = ["ADDRESS", "IDS", "SUBSYSTEM", "NAME", "DRIVER", "IOMMU", "NUMA"];
+const HEADER: [&str; 7] = [
+    "ADDRESS",
+    "IDS",
+    "SUBSYSTEM",
+    "NAME",
+    "DRIVER",
+    "IOMMU",
+    "NUMA",
+];
 
 /// Renders the device table `iomem list` prints.
 ///
@@ -31,8 +39,10 @@ pub fn render_list(devices: &[PciDevice]) -> String {
                 format!("{:04x}:{:04x}", d.subsystem_vendor, d.subsystem_device),
                 d.name(),
                 d.driver.clone().unwrap_or_else(|| "-".to_owned()),
-                d.iommu_group.map_or_else(|| "-".to_owned(), |g| g.to_string()),
-                d.numa_node.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                d.iommu_group
+                    .map_or_else(|| "-".to_owned(), |g| g.to_string()),
+                d.numa_node
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             ]
         })
         .collect();
@@ -80,7 +90,10 @@ mod tests {
 
     #[test]
     fn empty_and_other_only_lists_say_nothing_found() {
-        assert_eq!(render_list(&[]), "no ioMemory cards or NVMe controllers found\n");
+        assert_eq!(
+            render_list(&[]),
+            "no ioMemory cards or NVMe controllers found\n"
+        );
         let bridge = PciDevice {
             address: "0000:00:00.0".parse().unwrap(),
             vendor: 0x8086,
@@ -94,6 +107,9 @@ mod tests {
             numa_node: None,
             kind: DeviceKind::Other,
         };
-        assert_eq!(render_list(&[bridge]), "no ioMemory cards or NVMe controllers found\n");
+        assert_eq!(
+            render_list(&[bridge]),
+            "no ioMemory cards or NVMe controllers found\n"
+        );
     }
 }

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 pub use address::PciAddress;
 pub use bind::{
-    bind_to_vfio, bind_to_vfio_with, unbind, unbind_restoring, unbind_with, BindOutcome, KernelSysfs, SysfsWrite,
-    SysfsWriter, UnbindOutcome,
+    bind_to_vfio, bind_to_vfio_with, unbind, unbind_restoring, unbind_with, BindOutcome,
+    KernelSysfs, SysfsWrite, SysfsWriter, UnbindOutcome,
 };
 pub use ids::{Generation, IoMemoryModel, Oem, ProtocolSupport, UNSUPPORTED_PROTOCOL_REASON};
 pub use list::render_list;
@@ -47,14 +47,20 @@ pub struct SysfsRoot {
 
 impl Default for SysfsRoot {
     fn default() -> Self {
-        Self { sys: PathBuf::from("/sys"), mounts: PathBuf::from("/proc/self/mounts") }
+        Self {
+            sys: PathBuf::from("/sys"),
+            mounts: PathBuf::from("/proc/self/mounts"),
+        }
     }
 }
 
 impl SysfsRoot {
     /// A root at `sys` with the mount table at `mounts`.
     pub fn new(sys: impl Into<PathBuf>, mounts: impl Into<PathBuf>) -> Self {
-        Self { sys: sys.into(), mounts: mounts.into() }
+        Self {
+            sys: sys.into(),
+            mounts: mounts.into(),
+        }
     }
 
     /// `<sys>/bus/pci/devices`: one entry per PCI function.
@@ -80,7 +86,10 @@ impl SysfsRoot {
 
     /// `<sys>/kernel/iommu_groups/<group>/devices`: the group's members.
     pub fn iommu_group_devices_dir(&self, group: u32) -> PathBuf {
-        self.sys.join("kernel/iommu_groups").join(group.to_string()).join("devices")
+        self.sys
+            .join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices")
     }
 }
 
@@ -217,5 +226,8 @@ pub enum PciError {
 
 /// `Read` error for `path`.
 pub(crate) fn read_error(path: &Path, source: std::io::Error) -> PciError {
-    PciError::Read { path: path.to_owned(), source }
+    PciError::Read {
+        path: path.to_owned(),
+        source,
+    }
 }

@@ -109,13 +109,28 @@ pub fn discover(root: &SysfsRoot) -> Result<Vec<PciDevice>, PciError> {
 pub fn read_device(root: &SysfsRoot, address: PciAddress) -> Result<PciDevice, PciError> {
     let dir = root.device_dir(address);
     if !dir.is_dir() {
-        return Err(PciError::DeviceNotFound { address, devices_dir: root.devices_dir() });
+        return Err(PciError::DeviceNotFound {
+            address,
+            devices_dir: root.devices_dir(),
+        });
     }
     let vendor = read_hex(&dir.join("vendor"), 4, "a 16-bit hex id like 0x1aed")? as u16;
     let device = read_hex(&dir.join("device"), 4, "a 16-bit hex id like 0x2001")? as u16;
-    let subsystem_vendor = read_hex(&dir.join("subsystem_vendor"), 4, "a 16-bit hex id like 0x103c")? as u16;
-    let subsystem_device = read_hex(&dir.join("subsystem_device"), 4, "a 16-bit hex id like 0x176f")? as u16;
-    let class = read_hex(&dir.join("class"), 6, "a 24-bit hex class code like 0x010802")?;
+    let subsystem_vendor = read_hex(
+        &dir.join("subsystem_vendor"),
+        4,
+        "a 16-bit hex id like 0x103c",
+    )? as u16;
+    let subsystem_device = read_hex(
+        &dir.join("subsystem_device"),
+        4,
+        "a 16-bit hex id like 0x176f",
+    )? as u16;
+    let class = read_hex(
+        &dir.join("class"),
+        6,
+        "a 24-bit hex class code like 0x010802",
+    )?;
     let driver = link_name(&dir.join("driver"))?;
     let driver_override = read_driver_override(&dir.join("driver_override"))?;
     let iommu_group = read_iommu_group(&dir.join("iommu_group"))?;
@@ -164,9 +179,19 @@ fn read_required(path: &Path) -> Result<String, PciError> {
 /// A hex number of at most `max_digits` digits, with or without `0x`.
 fn read_hex(path: &Path, max_digits: usize, expected: &'static str) -> Result<u32, PciError> {
     let text = read_required(path)?;
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(&text);
-    let malformed = || PciError::Malformed { path: path.to_owned(), found: text.clone(), expected };
-    if digits.is_empty() || digits.len() > max_digits || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(&text);
+    let malformed = || PciError::Malformed {
+        path: path.to_owned(),
+        found: text.clone(),
+        expected,
+    };
+    if digits.is_empty()
+        || digits.len() > max_digits
+        || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(malformed());
     }
     u32::from_str_radix(digits, 16).map_err(|_| malformed())
@@ -193,7 +218,9 @@ pub(crate) fn link_name(path: &Path) -> Result<Option<String>, PciError> {
             expected: "a symlink, or a file holding the link target",
         });
     };
-    let name = Path::new(target.trim()).file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = Path::new(target.trim())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     match name {
         Some(name) if !name.is_empty() && name != ".." && name != "." => Ok(Some(name)),
         _ if target.trim().is_empty() => Ok(None),
@@ -248,12 +275,22 @@ mod tests {
         let target = dir.path().join("drivers/nvme");
         fs::create_dir_all(&target).unwrap();
         std::os::unix::fs::symlink("../../drivers/nvme", dir.path().join("sym")).unwrap();
-        fs::write(dir.path().join("file"), "../../../bus/pci/drivers/iomemory-vsl\n").unwrap();
+        fs::write(
+            dir.path().join("file"),
+            "../../../bus/pci/drivers/iomemory-vsl\n",
+        )
+        .unwrap();
         fs::write(dir.path().join("empty"), "\n").unwrap();
         fs::write(dir.path().join("dots"), "..\n").unwrap();
         fs::create_dir(dir.path().join("plaindir")).unwrap();
-        assert_eq!(link_name(&dir.path().join("sym")).unwrap().as_deref(), Some("nvme"));
-        assert_eq!(link_name(&dir.path().join("file")).unwrap().as_deref(), Some("iomemory-vsl"));
+        assert_eq!(
+            link_name(&dir.path().join("sym")).unwrap().as_deref(),
+            Some("nvme")
+        );
+        assert_eq!(
+            link_name(&dir.path().join("file")).unwrap().as_deref(),
+            Some("iomemory-vsl")
+        );
         assert_eq!(link_name(&dir.path().join("empty")).unwrap(), None);
         assert_eq!(link_name(&dir.path().join("absent")).unwrap(), None);
         let err = link_name(&dir.path().join("dots")).unwrap_err();
@@ -273,7 +310,10 @@ mod tests {
         fs::write(&p, "-7\n").unwrap();
         assert!(read_numa_node(&p).is_err());
         fs::write(&p, "one\n").unwrap();
-        assert!(read_numa_node(&p).unwrap_err().to_string().contains("numa_node"));
+        assert!(read_numa_node(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("numa_node"));
         assert_eq!(read_numa_node(&dir.path().join("absent")).unwrap(), None);
 
         let o = dir.path().join("driver_override");
@@ -282,7 +322,10 @@ mod tests {
         fs::write(&o, "\n").unwrap();
         assert_eq!(read_driver_override(&o).unwrap(), None);
         fs::write(&o, "vfio-pci\n").unwrap();
-        assert_eq!(read_driver_override(&o).unwrap().as_deref(), Some("vfio-pci"));
+        assert_eq!(
+            read_driver_override(&o).unwrap().as_deref(),
+            Some("vfio-pci")
+        );
     }
 
     #[test]
@@ -306,6 +349,9 @@ mod tests {
             }
         }
         fs::write(&p, [0xff, 0xfe]).unwrap();
-        assert!(matches!(read_hex(&p, 4, "id"), Err(PciError::Malformed { .. })));
+        assert!(matches!(
+            read_hex(&p, 4, "id"),
+            Err(PciError::Malformed { .. })
+        ));
     }
 }

@@ -46,13 +46,23 @@ pub fn block_devices(device_dir: &Path) -> Result<Vec<BlockDevice>, PciError> {
     Ok(out)
 }
 
-fn walk(dir: &Path, in_glue_dir: bool, depth: usize, out: &mut Vec<BlockDevice>) -> Result<(), PciError> {
+fn walk(
+    dir: &Path,
+    in_glue_dir: bool,
+    depth: usize,
+    out: &mut Vec<BlockDevice>,
+) -> Result<(), PciError> {
     let mut subdirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| read_error(dir, e))? {
         let entry = entry.map_err(|e| read_error(dir, e))?;
-        let file_type = entry.file_type().map_err(|e| read_error(&entry.path(), e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| read_error(&entry.path(), e))?;
         if file_type.is_dir() {
-            subdirs.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+            subdirs.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
         }
     }
     subdirs.sort();
@@ -61,7 +71,10 @@ fn walk(dir: &Path, in_glue_dir: bool, depth: usize, out: &mut Vec<BlockDevice>)
             || link_name(&path.join("subsystem"))?.as_deref() == Some("block")
             || path.join("partition").is_file();
         if is_block {
-            out.push(BlockDevice { holders: holders(&path.join("holders"))?, name: name.clone() });
+            out.push(BlockDevice {
+                holders: holders(&path.join("holders"))?,
+                name: name.clone(),
+            });
         }
         if depth + 1 < MAX_DEPTH {
             walk(&path, name == "block" && !is_block, depth + 1, out)?;
@@ -94,7 +107,11 @@ pub fn parse_mounts(text: &str) -> Vec<MountEntry> {
             let source = fields.next()?;
             let target = fields.next()?;
             let fstype = fields.next()?;
-            Some(MountEntry { source: unescape(source), target: unescape(target), fstype: unescape(fstype) })
+            Some(MountEntry {
+                source: unescape(source),
+                target: unescape(target),
+                fstype: unescape(fstype),
+            })
         })
         .collect()
 }
@@ -106,10 +123,14 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
-                let v = (u32::from(d[0] - b'0') << 6) | (u32::from(d[1] - b'0') << 3) | u32::from(d[2] - b'0');
+                let v = (u32::from(d[0] - b'0') << 6)
+                    | (u32::from(d[1] - b'0') << 3)
+                    | u32::from(d[2] - b'0');
                 out.push(v as u8);
                 i += 4;
             }
@@ -129,7 +150,9 @@ fn source_device_name(source: &str) -> Option<String> {
     let rest = source.strip_prefix("/dev/")?;
     if rest.contains('/') {
         let resolved = fs::canonicalize(source).ok()?;
-        return resolved.file_name().map(|n| n.to_string_lossy().into_owned());
+        return resolved
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
     }
     Some(rest.to_owned())
 }
@@ -143,10 +166,17 @@ pub fn check_not_in_use(root: &SysfsRoot, address: PciAddress) -> Result<(), Pci
     }
     let mounts = match read_optional(&root.mounts)? {
         Some(text) => parse_mounts(&text),
-        None => return Err(read_error(&root.mounts, std::io::ErrorKind::NotFound.into())),
+        None => {
+            return Err(read_error(
+                &root.mounts,
+                std::io::ErrorKind::NotFound.into(),
+            ))
+        }
     };
     for mount in &mounts {
-        let Some(name) = source_device_name(&mount.source) else { continue };
+        let Some(name) = source_device_name(&mount.source) else {
+            continue;
+        };
         if let Some(dev) = devices.iter().find(|d| d.name == name) {
             return Err(PciError::Mounted {
                 address,
@@ -158,7 +188,11 @@ pub fn check_not_in_use(root: &SysfsRoot, address: PciAddress) -> Result<(), Pci
     }
     for dev in &devices {
         if let Some(holder) = dev.holders.first() {
-            return Err(PciError::Held { address, block_device: dev.name.clone(), holder: holder.clone() });
+            return Err(PciError::Held {
+                address,
+                block_device: dev.name.clone(),
+                holder: holder.clone(),
+            });
         }
     }
     Ok(())
@@ -189,7 +223,11 @@ mod tests {
         fs::create_dir_all(dev.join("block/fioa/holders/dm-3")).unwrap();
         fs::create_dir_all(dev.join("block/fioa/queue")).unwrap();
         fs::create_dir_all(dev.join("nvme/nvme0/nvme0n1")).unwrap();
-        fs::write(dev.join("nvme/nvme0/nvme0n1/subsystem"), "../../../../class/block\n").unwrap();
+        fs::write(
+            dev.join("nvme/nvme0/nvme0n1/subsystem"),
+            "../../../../class/block\n",
+        )
+        .unwrap();
         fs::create_dir_all(dev.join("power")).unwrap();
         // A link back up the tree must not be followed (real sysfs has many).
         std::os::unix::fs::symlink("..", dev.join("subsystem")).unwrap();
