@@ -142,9 +142,10 @@ pub fn bind_to_vfio(root: &SysfsRoot, address: PciAddress) -> Result<BindOutcome
 /// Already bound to vfio-pci is a no-op. Refuses, before writing anything,
 /// when the device does not exist, vfio-pci is not loaded, the device has no
 /// IOMMU group, another member of its group is bound to a host driver, or
-/// one of its block devices is mounted or held. If the kernel does not bind
-/// it, the override is cleared and the device re-probed so the host driver
-/// takes it back, and [`PciError::BindDidNotTake`] says so.
+/// one of its block devices is mounted or held. If a write fails part-way,
+/// or the kernel does not bind it, the override is cleared and the device
+/// re-probed so the host driver takes it back; the write error, or
+/// [`PciError::BindDidNotTake`] with what the rollback achieved, is returned.
 pub fn bind_to_vfio_with(
     root: &SysfsRoot,
     address: PciAddress,
