@@ -253,7 +253,12 @@ fn image_reopens_byte_for_byte() {
     drop(nand);
 
     let meta = std::fs::metadata(&path).unwrap();
-    assert!(meta.blocks() * 512 < meta.len() / 4, "image is not sparse: {} of {} bytes", meta.blocks() * 512, meta.len());
+    assert!(
+        meta.blocks() * 512 < meta.len() / 4,
+        "image is not sparse: {} of {} bytes",
+        meta.blocks() * 512,
+        meta.len()
+    );
 
     let nand = NandArray::open(&path).unwrap();
     assert_eq!(nand.config(), &config);
@@ -300,10 +305,7 @@ fn foreign_empty_and_corrupt_files_are_refused_untouched() {
     // An empty file is a valid place to create an image.
     drop(NandArray::create(&quiet_config(7), Backing::File(empty.clone())).unwrap());
     assert!(NandArray::open(&empty).is_ok());
-    assert!(matches!(
-        expect_err(NandArray::open(&dir.path().join("missing.img"))),
-        EmuError::Io { .. }
-    ));
+    assert!(matches!(expect_err(NandArray::open(&dir.path().join("missing.img"))), EmuError::Io { .. }));
 
     let path = dir.path().join("card.img");
     let good = make_image(&path);
@@ -501,7 +503,8 @@ fn cycle_block(nand: &NandArray, die: u32, block: u32, max_cycles: u32) -> (Wear
 #[test]
 fn wear_raises_bit_errors_then_uncorrectables_then_bad_blocks() {
     let mut config = quiet_config(12);
-    config.physics = PhysicsParams { rated_pe_cycles: 50, retention_bit_errors_per_day: 0.0, ..PhysicsParams::default() };
+    config.physics =
+        PhysicsParams { rated_pe_cycles: 50, retention_bit_errors_per_day: 0.0, ..PhysicsParams::default() };
     let nand = memory(&config);
     let (log, failure) = cycle_block(&nand, 0, 1, 400);
 
@@ -573,4 +576,41 @@ fn threads_on_different_blocks_all_verify() {
     let c = nand.counters();
     assert_eq!(c.pages_programmed, 4 * (12 * 16 + 6 * 8));
     assert_eq!(c.blocks_erased, 4 * 6);
+}
+
+#[test]
+fn terabyte_class_image_costs_only_what_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iodrive2.img");
+    let config = iomemory::emu::iodrive2_config(1_200_000_000_000, 14);
+    let nand = NandArray::create(&config, Backing::File(path.clone())).unwrap();
+    let ppa = Ppa::new(31, config.geometry.blocks_per_die - 1, 0);
+    if nand.block_info(ppa.die, ppa.block).unwrap().state == BlockState::Free {
+        program(&nand, ppa, 1).unwrap();
+    }
+    program(&nand, Ppa::new(0, 0, 0), 1).unwrap();
+    drop(nand);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.len() > config.geometry.raw_bytes());
+    assert!(meta.blocks() * 512 < 64 << 20, "{} bytes allocated", meta.blocks() * 512);
+    let nand = NandArray::open(&path).unwrap();
+    assert_page(&nand, Ppa::new(0, 0, 0), 1);
+    let bad = nand.counters().factory_bad_blocks as f64 / config.geometry.total_blocks() as f64;
+    assert!((0.002..0.008).contains(&bad), "factory bad fraction {bad}");
+}
+
+#[test]
+fn oob_only_reads_leave_data_alone() {
+    let nand = memory(&quiet_config(15));
+    let ppa = Ppa::new(1, 2, 0);
+    program(&nand, ppa, 6).unwrap();
+    let mut oob = vec![0u8; OOB];
+    // SAFETY: `oob` is one OOB long; a null data pointer asks for the OOB only.
+    let status = unsafe { nand.read_page(ppa, std::ptr::null_mut(), oob.as_mut_ptr()) };
+    assert!(matches!(status, PageRead::Ok { .. }));
+    assert_eq!(oob, pattern(ppa, 6).1);
+    // SAFETY: as above, on an erased page.
+    let status = unsafe { nand.read_page(Ppa::new(1, 2, 1), std::ptr::null_mut(), oob.as_mut_ptr()) };
+    assert_eq!(status, PageRead::Erased);
+    assert!(oob.iter().all(|&b| b == 0xff));
 }

@@ -659,9 +659,7 @@ impl NandArray {
         let _guard = self.block_locks[bi as usize].lock();
         let pe_cycles = self.block_word(bi, 0).load(Ordering::Relaxed);
         let write_pointer = self.block_word(bi, 1).load(Ordering::Relaxed);
-        let bad_reason = self
-            .bad_reason_of(bi)
-            .or_else(|| self.die_failed(die).then_some(BadReason::DieFailure));
+        let bad_reason = self.bad_reason_of(bi).or_else(|| self.die_failed(die).then_some(BadReason::DieFailure));
         let state = match (bad_reason, write_pointer) {
             (Some(_), _) => BlockState::Bad,
             (None, 0) => BlockState::Free,

@@ -140,10 +140,8 @@ impl PhysicsParams {
         age_days: u32,
         page_bits: u32,
     ) -> u32 {
-        let h = hash(
-            seed,
-            &[TAG_BIT_ERRORS, die as u64, block as u64, page as u64, pe_cycles as u64, generation as u64],
-        );
+        let h =
+            hash(seed, &[TAG_BIT_ERRORS, die as u64, block as u64, page as u64, pe_cycles as u64, generation as u64]);
         poisson_inverse(self.mean_bit_errors(pe_cycles, age_days), unit(h), page_bits)
     }
 
@@ -176,8 +174,7 @@ impl PhysicsParams {
     /// Whether programming page (`die`, `block`, `page`) at `pe_cycles` fails.
     pub fn program_fails(&self, seed: u64, die: u32, block: u32, page: u32, pe_cycles: u32) -> bool {
         let p = self.program_failure_probability(pe_cycles);
-        p > 0.0
-            && unit(hash(seed, &[TAG_PROGRAM, die as u64, block as u64, page as u64, pe_cycles as u64])) < p
+        p > 0.0 && unit(hash(seed, &[TAG_PROGRAM, die as u64, block as u64, page as u64, pe_cycles as u64])) < p
     }
 }
 

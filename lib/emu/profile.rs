@@ -1,9 +1,9 @@
 //! Ready-made card configurations: an ioDrive2 of a given capacity, and a
 //! small array for tests.
 
-use super::TimingProfile;
 use super::nand::NandConfig;
 use super::physics::{mix64, PhysicsParams};
+use super::TimingProfile;
 use crate::card::{CardIdentity, Geometry};
 
 /// ioDrive2 page size.
