@@ -11,3 +11,4 @@ pub mod emu;
 pub mod nvme;
 pub mod pci;
 pub mod units;
+pub mod vsl;

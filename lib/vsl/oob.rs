@@ -1,0 +1,313 @@
+//! The out-of-band record the VSL writes beside every page it programs.
+//!
+//! Recovery after a power cut rebuilds the whole forward map from these
+//! records alone, so each one says what the page is (user data, a trim note,
+//! a checkpoint chunk, padding), which LBAs it holds, and the global version
+//! sequence that orders it against every other copy of those LBAs.
+//!
+//! Layout (little endian, [`OOB_RECORD_LEN`] bytes, the rest of the OOB area
+//! is zero):
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0      | 4    | magic `VSL1` |
+//! | 4      | 1    | kind |
+//! | 5      | 1    | flags (`ATOMIC`, `ATOMIC_COMMIT`) |
+//! | 6      | 2    | count (sectors for data, ranges for trim notes, bytes for checkpoints) |
+//! | 8      | 8    | version sequence |
+//! | 16     | 8    | atomic group id (0 = none) |
+//! | 24     | 2    | member index |
+//! | 26     | 2    | member count |
+//! | 28     | 32   | LBAs of the sectors in the page (`u32` each, up to 8) |
+//! | 60     | 4    | crc32c over bytes 0..60 and the page data |
+//! | 64     | 4    | crc32c over bytes 0..64 (checked by OOB-only scans) |
+
+/// Bytes of the OOB area the record uses.
+pub const OOB_RECORD_LEN: usize = 68;
+/// Most sectors (LBAs) one page can hold: a 4 KiB page of 512-byte sectors.
+pub const MAX_SECTORS_PER_PAGE: usize = 8;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"VSL1");
+const HEADER_LEN: usize = 60;
+
+/// LBA slot value for a sector slot that holds nothing (padding).
+pub const NO_LBA: u32 = u32::MAX;
+
+/// What a page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PageKind {
+    /// User data sectors.
+    Data,
+    /// A trim note: `(lba, count)` ranges that read as zeros from `seq` on.
+    Trim,
+    /// A chunk of a clean-detach checkpoint.
+    Checkpoint,
+    /// Filler written to close an erase block early (atomic group alignment).
+    Pad,
+}
+
+impl PageKind {
+    const fn code(self) -> u8 {
+        match self {
+            PageKind::Data => 1,
+            PageKind::Trim => 2,
+            PageKind::Checkpoint => 3,
+            PageKind::Pad => 4,
+        }
+    }
+
+    const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(PageKind::Data),
+            2 => Some(PageKind::Trim),
+            3 => Some(PageKind::Checkpoint),
+            4 => Some(PageKind::Pad),
+            _ => None,
+        }
+    }
+}
+
+/// Flag: the page is a member of an atomic group.
+pub const FLAG_ATOMIC: u8 = 1 << 0;
+/// Flag: the page is the last member of its atomic group.
+pub const FLAG_ATOMIC_COMMIT: u8 = 1 << 1;
+
+/// The decoded OOB record of one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OobRecord {
+    /// What the page holds.
+    pub kind: PageKind,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Sectors (data), ranges (trim) or payload bytes (checkpoint).
+    pub count: u16,
+    /// Global version sequence of the write that produced the content.
+    pub seq: u64,
+    /// Atomic group id (0 when not atomic).
+    pub group: u64,
+    /// Index of this page in its atomic group.
+    pub member_index: u16,
+    /// Pages in the atomic group.
+    pub member_count: u16,
+    /// LBA of each sector slot; [`NO_LBA`] for unused slots.
+    pub lbas: [u32; MAX_SECTORS_PER_PAGE],
+}
+
+impl OobRecord {
+    /// A record for `kind` with version `seq` and nothing else set.
+    pub const fn new(kind: PageKind, seq: u64) -> Self {
+        Self {
+            kind,
+            flags: 0,
+            count: 0,
+            seq,
+            group: 0,
+            member_index: 0,
+            member_count: 0,
+            lbas: [NO_LBA; MAX_SECTORS_PER_PAGE],
+        }
+    }
+
+    /// Whether the page belongs to a not-yet-relocated atomic group.
+    pub const fn is_atomic(&self) -> bool {
+        self.flags & FLAG_ATOMIC != 0
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        h[4] = self.kind.code();
+        h[5] = self.flags;
+        h[6..8].copy_from_slice(&self.count.to_le_bytes());
+        h[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        h[16..24].copy_from_slice(&self.group.to_le_bytes());
+        h[24..26].copy_from_slice(&self.member_index.to_le_bytes());
+        h[26..28].copy_from_slice(&self.member_count.to_le_bytes());
+        for (i, lba) in self.lbas.iter().enumerate() {
+            h[28 + 4 * i..32 + 4 * i].copy_from_slice(&lba.to_le_bytes());
+        }
+        h
+    }
+
+    /// The CRC over the header and `data` that [`Self::encode`] stores.
+    pub fn data_crc(&self, data: &[u8]) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(&self.header()), data)
+    }
+
+    /// Encodes the record for a page holding `data` into `out`
+    /// (`out.len() >= OOB_RECORD_LEN`; bytes past the record are zeroed).
+    /// Returns `false` (writing nothing) if `out` is too short.
+    pub fn encode(&self, data: &[u8], out: &mut [u8]) -> bool {
+        self.encode_with_crc(self.data_crc(data), out)
+    }
+
+    /// Like [`Self::encode`] with a data CRC computed by the caller (e.g. from
+    /// memory only reachable through raw pointers).
+    pub fn encode_with_crc(&self, crc: u32, out: &mut [u8]) -> bool {
+        if out.len() < OOB_RECORD_LEN {
+            return false;
+        }
+        out[..HEADER_LEN].copy_from_slice(&self.header());
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        let hcrc = crc32c::crc32c(&out[..64]);
+        out[64..68].copy_from_slice(&hcrc.to_le_bytes());
+        out[OOB_RECORD_LEN..].fill(0);
+        true
+    }
+
+    /// Decodes an OOB area, checking magic, kind and the header CRC (but not
+    /// the data CRC: see [`DecodedOob::data_matches`]). `None` for anything
+    /// that is not an intact record (erased, torn, foreign).
+    pub fn decode(raw: &[u8]) -> Option<DecodedOob> {
+        if raw.len() < OOB_RECORD_LEN {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([raw[o], raw[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
+        if u32_at(0) != MAGIC || crc32c::crc32c(&raw[..64]) != u32_at(64) {
+            return None;
+        }
+        let kind = PageKind::from_code(raw[4])?;
+        let mut lbas = [NO_LBA; MAX_SECTORS_PER_PAGE];
+        for (i, lba) in lbas.iter_mut().enumerate() {
+            *lba = u32_at(28 + 4 * i);
+        }
+        let record = OobRecord {
+            kind,
+            flags: raw[5],
+            count: u16_at(6),
+            seq: u64_at(8),
+            group: u64_at(16),
+            member_index: u16_at(24),
+            member_count: u16_at(26),
+            lbas,
+        };
+        if record.kind == PageKind::Data && record.count as usize > MAX_SECTORS_PER_PAGE {
+            return None;
+        }
+        if record.is_atomic() && (record.member_count == 0 || record.member_index >= record.member_count) {
+            return None;
+        }
+        Some(DecodedOob {
+            record,
+            crc: u32_at(60),
+        })
+    }
+}
+
+/// A record read back from flash with the data CRC it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedOob {
+    /// The record.
+    pub record: OobRecord,
+    /// The stored CRC over header and page data.
+    pub crc: u32,
+}
+
+impl DecodedOob {
+    /// Whether `data` is the page content the record was written with.
+    pub fn data_matches(&self, data: &[u8]) -> bool {
+        self.record.data_crc(data) == self.crc
+    }
+}
+
+/// One trimmed range in a trim note.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrimRange {
+    /// First LBA.
+    pub lba: u32,
+    /// Number of sectors.
+    pub count: u32,
+}
+
+/// Ranges one trim note page of `page_size` bytes can carry.
+pub const fn trim_ranges_per_page(page_size: usize) -> usize {
+    page_size / 8
+}
+
+/// Writes `ranges` into a trim note page body (`page.len()` bytes; the rest
+/// is zeroed). Returns how many ranges fit.
+pub fn encode_trim_ranges(ranges: &[TrimRange], page: &mut [u8]) -> usize {
+    let n = ranges.len().min(trim_ranges_per_page(page.len()));
+    page.fill(0);
+    for (i, r) in ranges[..n].iter().enumerate() {
+        page[8 * i..8 * i + 4].copy_from_slice(&r.lba.to_le_bytes());
+        page[8 * i + 4..8 * i + 8].copy_from_slice(&r.count.to_le_bytes());
+    }
+    n
+}
+
+/// Reads the `count` ranges of a trim note page body.
+pub fn decode_trim_ranges(page: &[u8], count: usize) -> impl Iterator<Item = TrimRange> + '_ {
+    let n = count.min(trim_ranges_per_page(page.len()));
+    (0..n).map(move |i| TrimRange {
+        lba: u32::from_le_bytes(page[8 * i..8 * i + 4].try_into().unwrap_or([0; 4])),
+        count: u32::from_le_bytes(page[8 * i + 4..8 * i + 8].try_into().unwrap_or([0; 4])),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> OobRecord {
+        let mut r = OobRecord::new(PageKind::Data, 0x1234_5678_9abc);
+        r.flags = FLAG_ATOMIC | FLAG_ATOMIC_COMMIT;
+        r.count = 3;
+        r.group = 77;
+        r.member_index = 4;
+        r.member_count = 5;
+        r.lbas[..3].copy_from_slice(&[10, 11, 900]);
+        r
+    }
+
+    #[test]
+    fn round_trips_and_checks_data() {
+        let data = vec![0xa5u8; 4096];
+        let mut oob = [0xffu8; 128];
+        assert!(sample().encode(&data, &mut oob));
+        assert!(oob[OOB_RECORD_LEN..].iter().all(|&b| b == 0));
+        let decoded = OobRecord::decode(&oob).expect("intact record decodes");
+        assert_eq!(decoded.record, sample());
+        assert!(decoded.data_matches(&data));
+        let mut torn = data.clone();
+        torn[4000] ^= 1;
+        assert!(!decoded.data_matches(&torn));
+    }
+
+    #[test]
+    fn rejects_erased_torn_and_short_areas() {
+        assert!(OobRecord::decode(&[0xffu8; 128]).is_none());
+        assert!(OobRecord::decode(&[0u8; 128]).is_none());
+        let mut oob = [0u8; 128];
+        sample().encode(&[1, 2, 3], &mut oob);
+        for bit in [0usize, 5 * 8, 9 * 8 + 3, 30 * 8, 62 * 8, 66 * 8] {
+            let mut bad = oob;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(OobRecord::decode(&bad).is_none(), "bit {bit} flip detected");
+        }
+        assert!(OobRecord::decode(&oob[..40]).is_none());
+        let mut short = [0u8; 40];
+        assert!(!sample().encode(&[], &mut short));
+    }
+
+    #[test]
+    fn rejects_inconsistent_atomic_members() {
+        let mut r = sample();
+        r.member_index = 5;
+        let mut oob = [0u8; 128];
+        r.encode(&[], &mut oob);
+        assert!(OobRecord::decode(&oob).is_none());
+    }
+
+    #[test]
+    fn trim_ranges_round_trip() {
+        let ranges: Vec<TrimRange> = (0..600).map(|i| TrimRange { lba: i * 10, count: i + 1 }).collect();
+        let mut page = vec![0xeeu8; 4096];
+        let n = encode_trim_ranges(&ranges, &mut page);
+        assert_eq!(n, 512);
+        let back: Vec<TrimRange> = decode_trim_ranges(&page, n).collect();
+        assert_eq!(back, ranges[..512]);
+    }
+}
