@@ -1,0 +1,278 @@
+//! `iomem status`: what `fio-status` shows, read from the card over its
+//! admin queue (identify and health log), never from the image directly.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use iomemory::card::{Card, HealthLog, IdentifyData};
+use iomemory::units::{gbytes, with_commas};
+use serde_json::json;
+
+use crate::open::open_image;
+
+/// Options of `iomem status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Show everything (`fio-status -a`).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Cards to show: emulated card image paths.
+    #[arg(required = true)]
+    pub cards: Vec<PathBuf>,
+}
+
+/// Everything the report needs about one card.
+pub struct CardFacts {
+    /// Where it is.
+    pub location: String,
+    /// Identify data.
+    pub identify: IdentifyData,
+    /// Health log.
+    pub health: HealthLog,
+    /// "Attached" when a VSL instance has it.
+    pub attached: bool,
+    /// User capacity in bytes (formatted size, or advertised).
+    pub user_bytes: u64,
+}
+
+impl CardFacts {
+    /// Reads identify and health from an open card.
+    pub fn gather(location: String, card: &Card, attached: bool) -> Result<Self, String> {
+        let health = card.health().map_err(|e| format!("{location}: reading the health log: {e}"))?;
+        let identify = card.identify().clone();
+        let user_bytes = identify.identity.advertised_bytes;
+        Ok(Self {
+            location,
+            identify,
+            health,
+            attached,
+            user_bytes,
+        })
+    }
+
+    /// Reserve blocks left, as a percentage of what the card started with
+    /// (good blocks beyond what user capacity needs).
+    pub fn reserve_percent(&self) -> f64 {
+        let g = &self.identify.geometry;
+        let needed = self.user_bytes.div_ceil(g.block_bytes());
+        let initial = g.total_blocks().saturating_sub(needed);
+        if initial == 0 {
+            return 0.0;
+        }
+        let now = self.health.good_blocks.saturating_sub(needed);
+        (now as f64 / initial as f64 * 100.0).min(100.0)
+    }
+
+    /// Rated PBW left, as a percentage.
+    pub fn pbw_remaining_percent(&self) -> f64 {
+        let rated = self.identify.identity.rated_pbw_bytes.max(1) as f64;
+        (100.0 * (1.0 - self.health.physical_bytes_written as f64 / rated)).max(0.0)
+    }
+
+    fn reserve_status(&self) -> &'static str {
+        let r = self.reserve_percent();
+        if r <= 0.0 {
+            "Out of reserve: read-only"
+        } else if r <= 10.0 {
+            "Warning: reserves low"
+        } else {
+            "Healthy"
+        }
+    }
+
+    fn json(&self, index: usize) -> serde_json::Value {
+        let id = &self.identify.identity;
+        json!({
+            "name": format!("fct{index}"),
+            "location": self.location,
+            "state": if self.attached { "Attached" } else { "Detached" },
+            "model": id.model,
+            "product_number": id.product_number,
+            "serial": id.serial,
+            "fio_serial": id.fio_serial,
+            "firmware_version": id.firmware_version,
+            "firmware_revision": id.firmware_revision,
+            "pci": {
+                "vendor": format!("{:04x}", id.pci_vendor),
+                "device": format!("{:04x}", id.pci_device),
+                "subsystem_vendor": format!("{:04x}", id.pci_subsystem_vendor),
+                "subsystem_device": format!("{:04x}", id.pci_subsystem_device),
+            },
+            "device_size_bytes": self.user_bytes,
+            "geometry": self.identify.geometry,
+            "timing_profile": self.identify.timing_profile,
+            "powerloss_protection": self.health.powerloss_protection,
+            "reserve_percent": self.reserve_percent(),
+            "reserve_status": self.reserve_status(),
+            "rated_pbw_bytes": id.rated_pbw_bytes,
+            "pbw_remaining_percent": self.pbw_remaining_percent(),
+            "health": self.health,
+        })
+    }
+}
+
+fn volts(mv: u32) -> String {
+    format!("{:.2}V", mv as f64 / 1000.0)
+}
+
+fn degc(mc: i32) -> String {
+    format!("{:.2} degC", mc as f64 / 1000.0)
+}
+
+/// Renders the `fio-status` text for `cards`.
+pub fn render(cards: &[CardFacts], all: bool) -> String {
+    let mut s = String::new();
+    let n = cards.len();
+    let _ = writeln!(
+        s,
+        "Found {n} ioMemory device{} in this system",
+        if n == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "Driver version: iomemory {} (userspace, poll mode)",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (i, c) in cards.iter().enumerate() {
+        let id = &c.identify.identity;
+        let h = &c.health;
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Adapter: Single Controller Adapter");
+        let size = if c.user_bytes >= 1_000_000_000_000 {
+            format!("{:.3}TB", c.user_bytes as f64 / 1e12)
+        } else {
+            format!("{:.2}GB", c.user_bytes as f64 / 1e9)
+        };
+        let _ = writeln!(
+            s,
+            "\tFusion-io {} {size}, Product Number:{}, SN:{}, FIO SN:{}",
+            id.model,
+            id.product_number,
+            id.serial,
+            id.fio_serial
+        );
+        let _ = writeln!(s, "\tExternal Power: NOT connected");
+        let _ = writeln!(s, "\tPCIe Bus voltage: avg {}", volts(h.pcie_mv));
+        let _ = writeln!(s, "\tPCIe Bus current: avg {:.2}A", h.pcie_ma as f64 / 1000.0);
+        let _ = writeln!(s, "\tPCIe Bus power: avg {:.2}W", h.pcie_mw as f64 / 1000.0);
+        if all {
+            let _ = writeln!(s, "\tConnected ioMemory modules:");
+            let _ = writeln!(s, "\t  fct{i}:\tProduct Number:{}, SN:{}", id.product_number, id.serial);
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "fct{i}\t{}", if c.attached { "Attached" } else { "Detached" });
+        if all {
+            let _ = writeln!(s, "\tSN:{}", id.serial);
+            let _ = writeln!(s, "\tLocated at {}", c.location);
+            let _ = writeln!(
+                s,
+                "\tPowerloss protection: {}",
+                if h.powerloss_protection { "protected" } else { "not protected (write-back: flush required)" }
+            );
+            let _ = writeln!(
+                s,
+                "\tVendor:{:04x}, Device:{:04x}, Sub vendor:{:04x}, Sub device:{:04x}",
+                id.pci_vendor, id.pci_device, id.pci_subsystem_vendor, id.pci_subsystem_device
+            );
+        }
+        let _ = writeln!(s, "\tFirmware v{}, rev {} Public", id.firmware_version, id.firmware_revision);
+        let _ = writeln!(s, "\t{} GBytes device size", gbytes(c.user_bytes));
+        if all {
+            let g = &c.identify.geometry;
+            let _ = writeln!(
+                s,
+                "\tNAND: {} channels x {} dies, {} blocks/die, {} pages of {} B; {} GBytes raw; timing {}",
+                g.channels,
+                g.dies_per_channel,
+                g.blocks_per_die,
+                g.pages_per_block,
+                g.page_size,
+                gbytes(g.raw_bytes()),
+                c.identify.timing_profile
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\tInternal temperature: {}, max {}",
+            degc(h.temperature_mc),
+            degc(h.temperature_max_mc)
+        );
+        if all {
+            let _ = writeln!(s, "\tInternal voltage: avg {}, max {}", volts(h.internal_mv_avg), volts(h.internal_mv_max));
+            let _ = writeln!(s, "\tAux voltage: avg {}, max {}", volts(h.aux_mv_avg), volts(h.aux_mv_max));
+        }
+        let _ = writeln!(
+            s,
+            "\tReserve space status: {}; Reserves: {:.2}%, warn at 10.00%",
+            c.reserve_status(),
+            c.reserve_percent()
+        );
+        if all {
+            let active = if h.good_blocks == 0 {
+                0.0
+            } else {
+                100.0 * (1.0 - h.failed_dies as f64 / c.identify.geometry.dies() as f64)
+            };
+            let _ = writeln!(s, "\tActive media: {active:.2}%");
+        }
+        let _ = writeln!(
+            s,
+            "\tRated PBW: {:.2} PB, {:.2}% remaining",
+            id.rated_pbw_bytes as f64 / 1e15,
+            c.pbw_remaining_percent()
+        );
+        if all {
+            let _ = writeln!(s, "\tLifetime data volumes:");
+            let _ = writeln!(s, "\t   Physical bytes written: {}", with_commas(h.physical_bytes_written));
+            let _ = writeln!(s, "\t   Physical bytes read   : {}", with_commas(h.physical_bytes_read));
+            let _ = writeln!(
+                s,
+                "\tWear: P/E cycles avg {:.1}, max {}, min {} of {} rated; bad blocks {} factory, {} grown",
+                h.total_pe_cycles as f64 / c.identify.geometry.total_blocks().max(1) as f64,
+                h.max_pe_cycles,
+                h.min_pe_cycles,
+                id.rated_pe_cycles,
+                h.factory_bad_blocks,
+                h.grown_bad_blocks
+            );
+            let _ = writeln!(
+                s,
+                "\tMedia errors: {} corrected bits in {} reads, {} uncorrectable reads, {} program / {} erase failures",
+                h.ecc_corrected_bits, h.ecc_corrected_reads, h.uncorrectable_reads, h.program_failures, h.erase_failures
+            );
+            let _ = writeln!(s, "\tPower cycles: {}", h.power_cycles);
+            let _ = writeln!(s, "\tRAM usage:");
+            let _ = writeln!(
+                s,
+                "\t   Current: {} bytes ({})",
+                0,
+                if c.attached { "attached" } else { "detached: no flash map loaded" }
+            );
+        }
+    }
+    s
+}
+
+/// Runs `iomem status`.
+pub fn run(args: Args) -> Result<ExitCode, String> {
+    let mut cards = Vec::new();
+    for path in &args.cards {
+        let card = open_image(path)?;
+        cards.push(CardFacts::gather(path.display().to_string(), &card, false)?);
+    }
+    if args.json {
+        let list: Vec<_> = cards.iter().enumerate().map(|(i, c)| c.json(i)).collect();
+        let doc = json!({
+            "driver_version": env!("CARGO_PKG_VERSION"),
+            "devices": list,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", render(&cards, args.all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
