@@ -432,8 +432,8 @@ impl Image {
 }
 
 /// Takes the exclusive lock on an image file.
-// `File::try_lock` is stable since Rust 1.89; the package's declared MSRV
-// (1.85) predates it and needs raising to 1.89.
+// `File::try_lock` (stable since Rust 1.89, the package's MSRV) takes an
+// exclusive advisory lock that the kernel drops when the process dies.
 fn lock(file: &File, path: &Path) -> Result<(), EmuError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
