@@ -13,7 +13,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use super::DmaError;
+use super::{DmaError, IommuMap};
 
 /// Maps an I/O virtual address range to host memory.
 ///
@@ -47,6 +47,8 @@ pub struct IovaSpace {
     slots: Box<[Slot]>,
     /// One past the highest slot ever used, so lookups scan only that far.
     high_water: AtomicUsize,
+    /// A hardware IOMMU that mirrors every registration (VFIO), if any.
+    iommu: Option<std::sync::Arc<dyn IommuMap>>,
 }
 
 impl Default for IovaSpace {
@@ -72,6 +74,21 @@ pub struct IovaHandle {
 impl IovaSpace {
     /// An empty space: nothing is DMA-able until registered.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty space whose registrations are also mapped into `iommu`
+    /// (a VFIO container): what a real device behind an IOMMU needs.
+    pub fn with_iommu(iommu: std::sync::Arc<dyn IommuMap>) -> Self {
+        Self::build(Some(iommu))
+    }
+
+    /// Whether registrations are mirrored into a hardware IOMMU.
+    pub fn has_iommu(&self) -> bool {
+        self.iommu.is_some()
+    }
+
+    fn build(iommu: Option<std::sync::Arc<dyn IommuMap>>) -> Self {
         let slots = (0..MAX_IOVA_REGIONS)
             .map(|_| Slot {
                 state: AtomicU8::new(SLOT_FREE),
@@ -82,6 +99,7 @@ impl IovaSpace {
         Self {
             slots,
             high_water: AtomicUsize::new(0),
+            iommu,
         }
     }
 
@@ -101,6 +119,12 @@ impl IovaSpace {
                 .compare_exchange(SLOT_FREE, SLOT_BUSY, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                if let Some(iommu) = &self.iommu {
+                    if let Err(source) = iommu.map(vaddr as u64, vaddr, len) {
+                        slot.state.store(SLOT_FREE, Ordering::Release);
+                        return Err(DmaError::Map { len, source });
+                    }
+                }
                 slot.iova.store(vaddr as u64, Ordering::Relaxed);
                 slot.len.store(len as u64, Ordering::Relaxed);
                 self.high_water.fetch_max(index + 1, Ordering::AcqRel);
@@ -117,6 +141,10 @@ impl IovaSpace {
     pub fn unregister(&self, handle: IovaHandle) {
         let slot = &self.slots[handle.slot];
         slot.state.store(SLOT_BUSY, Ordering::Release);
+        if let Some(iommu) = &self.iommu {
+            let len = slot.len.load(Ordering::Relaxed) as usize;
+            iommu.unmap(slot.iova.load(Ordering::Relaxed), len);
+        }
         slot.len.store(0, Ordering::Relaxed);
         slot.state.store(SLOT_FREE, Ordering::Release);
     }

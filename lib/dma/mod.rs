@@ -4,10 +4,12 @@
 //! only touched through raw pointers (never Rust references) because the
 //! device may write it at any time.
 
+mod iommu;
 mod iova;
 mod pool;
 mod region;
 
+pub use iommu::IommuMap;
 pub use iova::{IdentityTranslate, IovaHandle, IovaSpace, IovaTranslate, MAX_IOVA_REGIONS};
 pub use pool::{DmaBuf, DmaBufCache, DmaPool};
 pub use region::{hugepages_available, DmaRegion, HugepageReservation, HUGEPAGE_SIZE, PAGE_SIZE};
