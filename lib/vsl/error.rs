@@ -113,6 +113,14 @@ pub enum SubmitError {
         /// Limit.
         max: u32,
     },
+    /// A request larger than one request may be.
+    #[error("request of {bytes} bytes exceeds the {max}-byte limit; split it")]
+    TooLarge {
+        /// Requested bytes.
+        bytes: usize,
+        /// Limit.
+        max: usize,
+    },
     /// A request with more buffers than a request can carry.
     #[error("{given} buffers in one request; at most {max} are accepted")]
     TooManyBuffers {
