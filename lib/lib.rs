@@ -11,4 +11,5 @@ pub mod emu;
 pub mod nvme;
 pub mod pci;
 pub mod units;
+pub mod vfio;
 pub mod vsl;

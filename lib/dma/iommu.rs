@@ -17,12 +17,13 @@
 pub trait IommuMap: Send + Sync {
     /// Maps `[vaddr, vaddr + len)` for device reads and writes at `iova`.
     ///
-    /// Called only with memory registered in an [`IovaSpace`](super::IovaSpace),
-    /// whose contract is that the memory stays mapped until it is
-    /// unregistered and is touched by the host only through raw pointers
-    /// (it is DMA memory: [`DmaRegion`](super::DmaRegion) never lends a Rust
-    /// reference into it).
-    fn map(&self, iova: u64, vaddr: *mut u8, len: usize) -> std::io::Result<()>;
+    /// # Safety
+    /// From this call until [`Self::unmap`] with the same `iova` and `len`,
+    /// the device may read and write the range at any time. The caller
+    /// keeps it mapped in this process for that whole time and touches it
+    /// only through raw pointers, never a Rust reference (it is DMA memory,
+    /// as [`DmaRegion`](super::DmaRegion) keeps it).
+    unsafe fn map(&self, iova: u64, vaddr: *mut u8, len: usize) -> std::io::Result<()>;
 
     /// Removes the mapping made by [`Self::map`] for the same `iova` and
     /// `len`. Cannot fail from the caller's point of view (it runs from
@@ -47,7 +48,7 @@ mod tests {
     }
 
     impl IommuMap for Recorder {
-        fn map(&self, iova: u64, vaddr: *mut u8, len: usize) -> std::io::Result<()> {
+        unsafe fn map(&self, iova: u64, vaddr: *mut u8, len: usize) -> std::io::Result<()> {
             assert_eq!(iova, vaddr as u64, "IOVA must equal the virtual address");
             if *self.fail.lock() {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));

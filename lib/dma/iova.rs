@@ -106,6 +106,12 @@ impl IovaSpace {
     /// Records `[vaddr, vaddr + len)` as DMA-able with IOVA = virtual address.
     ///
     /// The caller keeps the memory mapped until it calls [`Self::unregister`].
+    /// In a space built [`with_iommu`](Self::with_iommu) the range is also
+    /// mapped into the hardware IOMMU, so a device may write it at any time:
+    /// it must be DMA memory that has no Rust references into it.
+    // The pointer is never dereferenced here; it is recorded (and given to
+    // the IOMMU) as an address, under the contract above.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn register(&self, vaddr: *mut u8, len: usize) -> Result<IovaHandle, DmaError> {
         if vaddr.is_null() || len == 0 {
             return Err(DmaError::InvalidRegion {
@@ -120,7 +126,12 @@ impl IovaSpace {
                 .is_ok()
             {
                 if let Some(iommu) = &self.iommu {
-                    if let Err(source) = iommu.map(vaddr as u64, vaddr, len) {
+                    // SAFETY: registering is the promise `IommuMap::map`
+                    // needs: the caller keeps the range mapped until it
+                    // unregisters it (which unmaps it from the IOMMU first)
+                    // and treats it as DMA memory, never lending a Rust
+                    // reference into it (DmaRegion, the registering type).
+                    if let Err(source) = unsafe { iommu.map(vaddr as u64, vaddr, len) } {
                         slot.state.store(SLOT_FREE, Ordering::Release);
                         return Err(DmaError::Map { len, source });
                     }

@@ -127,8 +127,11 @@ impl Controller {
         mmio.write32(REG_AQA, depth0 | (depth0 << 16));
         mmio.write64(REG_ASQ, admin.sq_iova());
         mmio.write64(REG_ACQ, admin.cq_iova());
-        // 3. Configure and enable (steps 3-4), then wait for ready.
-        mmio.write32(REG_CC, CC_ENABLE | CC_IOSQES_64 | CC_IOCQES_16);
+        // 3. Configure and enable (steps 3-4), then wait for ready. A
+        // controller with I/O command sets beyond NVM (CAP.CSS bit 6, e.g.
+        // zoned namespaces) gets CC.CSS = 110b so all of them are enabled.
+        let css = if cap.0 & (1 << 43) != 0 { 0b110 << 4 } else { 0 };
+        mmio.write32(REG_CC, CC_ENABLE | CC_IOSQES_64 | CC_IOCQES_16 | css);
         wait_for(&mmio, timeout, "controller enable", |csts| {
             csts & (CSTS_READY | CSTS_FATAL) != 0
         })?;

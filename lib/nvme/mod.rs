@@ -7,6 +7,7 @@
 
 mod controller;
 mod mmio;
+pub mod nvm;
 mod qpair;
 pub mod spec;
 
