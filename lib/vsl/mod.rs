@@ -36,9 +36,11 @@ mod meta;
 mod metalog;
 mod oob;
 mod options;
+pub mod pattern;
 mod recovery;
 mod status;
 mod syncio;
+pub mod torture;
 mod victim;
 pub mod wa_model;
 

@@ -1,0 +1,36 @@
+//! Power-cut torture through the library harness, both power-loss
+//! protection settings (the 1,000-cut runs go through the CLI in CI).
+
+use iomemory::emu::{small_test_config, Backing, NandArray};
+use iomemory::vsl::torture::{run, TortureOptions};
+
+fn torture(plp: bool, cuts: u64, seed: u64, sector_size: u32) {
+    let nand = NandArray::create(&small_test_config(seed), Backing::Memory).unwrap();
+    let opts = TortureOptions {
+        cuts,
+        seed,
+        powerloss_protection: plp,
+        sector_size,
+        ..TortureOptions::default()
+    };
+    let report = run(&nand, &opts, &mut |_, _| {}).unwrap();
+    assert!(report.passed(), "violations: {:#?}", report);
+    assert_eq!(report.rounds, cuts);
+    assert!(report.cuts > 0 && report.ops_acked > 0);
+    assert!(report.sectors_checked > 0);
+}
+
+#[test]
+fn torture_with_powerloss_protection() {
+    torture(true, 60, 11, 4096);
+}
+
+#[test]
+fn torture_without_powerloss_protection() {
+    torture(false, 60, 12, 4096);
+}
+
+#[test]
+fn torture_512_byte_sectors_without_powerloss_protection() {
+    torture(false, 40, 13, 512);
+}
