@@ -5,6 +5,7 @@
 //! card command set (`card`), DMA memory (`dma`), and the emulated card
 //! (`emu`) that is the embedded default.
 
+pub mod blk;
 pub mod card;
 pub mod dma;
 pub mod emu;
