@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use iomemory::card::{Card, HealthLog, IdentifyData};
+use iomemory::vsl::{Vsl, VslStatus};
 use iomemory::units::{gbytes, with_commas};
 use serde_json::json;
 
@@ -33,30 +36,39 @@ pub struct CardFacts {
     pub identify: IdentifyData,
     /// Health log.
     pub health: HealthLog,
-    /// "Attached" when a VSL instance has it.
-    pub attached: bool,
+    /// The attached VSL's status, when this process has it attached.
+    pub vsl: Option<VslStatus>,
     /// User capacity in bytes (formatted size, or advertised).
     pub user_bytes: u64,
 }
 
 impl CardFacts {
     /// Reads identify and health from an open card.
-    pub fn gather(location: String, card: &Card, attached: bool) -> Result<Self, String> {
+    pub fn gather(location: String, card: &Card, vsl: Option<&Arc<Vsl>>) -> Result<Self, String> {
         let health = card.health().map_err(|e| format!("{location}: reading the health log: {e}"))?;
         let identify = card.identify().clone();
-        let user_bytes = identify.identity.advertised_bytes;
+        let vsl = vsl.map(|v| v.status());
+        let user_bytes = vsl.as_ref().map_or(identify.identity.advertised_bytes, |v| v.capacity_bytes);
         Ok(Self {
             location,
             identify,
             health,
-            attached,
+            vsl,
             user_bytes,
         })
+    }
+
+    /// Whether a VSL instance has the card attached.
+    pub fn attached(&self) -> bool {
+        self.vsl.is_some()
     }
 
     /// Reserve blocks left, as a percentage of what the card started with
     /// (good blocks beyond what user capacity needs).
     pub fn reserve_percent(&self) -> f64 {
+        if let Some(v) = &self.vsl {
+            return v.reserve.percent;
+        }
         let g = &self.identify.geometry;
         let needed = self.user_bytes.div_ceil(g.block_bytes());
         let initial = g.total_blocks().saturating_sub(needed);
@@ -74,6 +86,9 @@ impl CardFacts {
     }
 
     fn reserve_status(&self) -> &'static str {
+        if self.vsl.as_ref().is_some_and(|v| v.read_only) {
+            return "Out of reserve: read-only";
+        }
         let r = self.reserve_percent();
         if r <= 0.0 {
             "Out of reserve: read-only"
@@ -89,7 +104,8 @@ impl CardFacts {
         json!({
             "name": format!("fct{index}"),
             "location": self.location,
-            "state": if self.attached { "Attached" } else { "Detached" },
+            "state": if self.attached() { "Attached" } else { "Detached" },
+            "vsl": self.vsl,
             "model": id.model,
             "product_number": id.product_number,
             "serial": id.serial,
@@ -164,7 +180,7 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
             let _ = writeln!(s, "\t  fct{i}:\tProduct Number:{}, SN:{}", id.product_number, id.serial);
         }
         let _ = writeln!(s);
-        let _ = writeln!(s, "fct{i}\t{}", if c.attached { "Attached" } else { "Detached" });
+        let _ = writeln!(s, "fct{i}\t{}", if c.attached() { "Attached" } else { "Detached" });
         if all {
             let _ = writeln!(s, "\tSN:{}", id.serial);
             let _ = writeln!(s, "\tLocated at {}", c.location);
@@ -181,6 +197,9 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
         }
         let _ = writeln!(s, "\tFirmware v{}, rev {} Public", id.firmware_version, id.firmware_revision);
         let _ = writeln!(s, "\t{} GBytes device size", gbytes(c.user_bytes));
+        if let Some(v) = &c.vsl {
+            let _ = writeln!(s, "\tFormat: v{}, {} sectors of {} bytes", iomemory::vsl::FORMAT_VERSION, v.num_sectors, v.sector_size);
+        }
         if all {
             let g = &c.identify.geometry;
             let _ = writeln!(
@@ -246,12 +265,22 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
             );
             let _ = writeln!(s, "\tPower cycles: {}", h.power_cycles);
             let _ = writeln!(s, "\tRAM usage:");
-            let _ = writeln!(
-                s,
-                "\t   Current: {} bytes ({})",
-                0,
-                if c.attached { "attached" } else { "detached: no flash map loaded" }
-            );
+            match &c.vsl {
+                Some(v) => {
+                    let _ = writeln!(s, "\t   Current: {} bytes", with_commas(v.ram_usage.total));
+                    let _ = writeln!(
+                        s,
+                        "\t   Forward map: {} bytes ({} per TiB of user capacity)",
+                        with_commas(v.ram_usage.forward_map),
+                        with_commas(v.map_bytes_per_tib)
+                    );
+                    let _ = writeln!(s, "\tWrite amplification: {:.2}", v.write_amplification);
+                    let _ = writeln!(s, "\tLast attach: {:?} in {} ms", v.attach.kind, v.attach.millis);
+                }
+                None => {
+                    let _ = writeln!(s, "\t   Current: 0 bytes (detached: no flash map loaded)");
+                }
+            }
         }
     }
     s
@@ -262,7 +291,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     let mut cards = Vec::new();
     for path in &args.cards {
         let card = open_image(path)?;
-        cards.push(CardFacts::gather(path.display().to_string(), &card, false)?);
+        cards.push(CardFacts::gather(path.display().to_string(), &card, None)?);
     }
     if args.json {
         let list: Vec<_> = cards.iter().enumerate().map(|(i, c)| c.json(i)).collect();

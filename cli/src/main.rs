@@ -4,10 +4,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod cmd_demo;
 mod cmd_pci;
+mod cmd_rpc;
+mod cmd_serve;
 mod cmd_sim;
 mod cmd_status;
 mod open;
+mod progress;
+mod serve;
 
 /// Userspace driver tools for Fusion-io ioMemory cards (and the emulated card).
 #[derive(Debug, Parser)]
@@ -19,6 +25,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: emulated card, verified load on every core, power cut, recovery, status.
+    Demo(cmd_demo::Args),
+    /// fio-like benchmark of the whole stack (with --baseline memcpy for the ceiling).
+    Bench(bench::Args),
+    /// Serve cards over vhost-user-blk and NBD, with a JSON-RPC control socket.
+    Serve(cmd_serve::Args),
+    /// Call a method on a running `iomem serve` control socket.
+    Rpc(cmd_rpc::Args),
     /// Emulated cards: create one backed by a sparse image file.
     #[command(subcommand)]
     Sim(cmd_sim::SimCommand),
@@ -35,6 +49,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => cmd_demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => cmd_serve::run(args),
+        Command::Rpc(args) => cmd_rpc::run(args),
         Command::Sim(cmd) => cmd_sim::run(cmd),
         Command::Status(args) => cmd_status::run(args),
         Command::List(args) => cmd_pci::list(args),
