@@ -147,7 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     dev.detach().map_err(|e| e.to_string())?;
     let health = dev.card().health().map_err(|e| e.to_string())?;
     println!(
-        "\nSummary: run {run_number} of the demo card. {jobs} threads drove {} IOPS of verified 4 KiB random I/O through \
+        "\nSummary: power-on {run_number} of the demo card. {jobs} threads drove {} IOPS of verified 4 KiB random I/O through \
          the whole stack (queues, emulated controller, NAND, VSL), then power was cut mid-write with {} writes in flight. \
          The dirty attach rebuilt the forward map from the out-of-band log in {} ms, and all {} acknowledged blocks \
          read back intact ({} lost). The card has now programmed {} GBytes in its life (average P/E {:.2}); it was \
