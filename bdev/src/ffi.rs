@@ -1,0 +1,462 @@
+//! The opaque-handle C ABI the shim (`csrc/bdev_iomemory.c`) calls,
+//! declared for C in `csrc/iomemory_rs.h`. Handles are raw pointers to
+//! boxed Rust objects: a device handle (`struct iomem_rs_dev`) owns one
+//! `Arc<BdevDevice>`, a channel handle (`struct iomem_rs_chan`) one
+//! [`BdevChannel`]. Nothing here knows SPDK's structures; the shim passes
+//! plain integers, strings and iovecs.
+//!
+//! A panic in any of these functions aborts the process (Rust's behaviour
+//! for `extern "C"`); none is expected on any input.
+
+use std::ffi::{c_char, c_void, CString};
+use std::sync::Arc;
+
+use crate::channel::{BdevChannel, Submitted};
+use crate::device::{BdevDevice, Detached};
+use crate::io::{BdevIoType, IoDesc, IoStatus};
+use crate::lifecycle::RemoveReason;
+use crate::log::{set_logger, LogFn};
+use crate::params::{CreateParams, DeleteParams};
+
+/// Version of this ABI; the shim refuses to run against another.
+pub const ABI_VERSION: u32 = 1;
+
+/// Completion callback: `(arg, token, status)`, status an [`IoStatus`].
+pub type CompleteFn = extern "C" fn(arg: *mut c_void, token: u64, status: i32);
+
+/// Opaque device handle.
+pub struct RsDev(Arc<BdevDevice>);
+
+/// Writes `msg` NUL-terminated into `buf` (truncated to fit).
+///
+/// # Safety
+/// `buf` must be null or point to `len` writable bytes.
+unsafe fn write_err(buf: *mut c_char, len: usize, msg: &str) {
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    let n = msg.len().min(len - 1);
+    // SAFETY: `buf` has `len` bytes (caller) and `n + 1 <= len`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+}
+
+fn into_c_string(s: String) -> *mut c_char {
+    CString::new(s.replace('\0', " "))
+        .unwrap_or_default()
+        .into_raw()
+}
+
+/// The ABI version this library implements.
+#[no_mangle]
+pub extern "C" fn iomem_rs_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+/// Installs the shim's logger (null removes it).
+#[no_mangle]
+pub extern "C" fn iomem_rs_set_logger(f: Option<LogFn>) {
+    set_logger(f);
+}
+
+/// Whether an `enum spdk_bdev_io_type` value is served.
+#[no_mangle]
+pub extern "C" fn iomem_rs_io_type_supported(io_type: u32) -> bool {
+    BdevIoType::supported(io_type)
+}
+
+/// Validates `bdev_iomemory_create` params (JSON text, `len` bytes) and
+/// opens the card. On failure returns null, writes a message into `err`
+/// and a JSON-RPC error code into `*err_code`.
+///
+/// # Safety
+/// `params` must point to `len` readable bytes; `err` to `err_len` writable
+/// bytes (or be null); `err_code` must be null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_open(
+    params: *const c_char,
+    len: usize,
+    err: *mut c_char,
+    err_len: usize,
+    err_code: *mut i32,
+) -> *mut RsDev {
+    let fail = |code: i32, msg: String| {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { write_err(err, err_len, &msg) };
+        if !err_code.is_null() {
+            // SAFETY: non-null and writable by contract.
+            unsafe { *err_code = code };
+        }
+        std::ptr::null_mut()
+    };
+    if params.is_null() {
+        return fail(
+            crate::params::JSONRPC_INVALID_PARAMS,
+            "missing parameters".into(),
+        );
+    }
+    // SAFETY: `params` points to `len` readable bytes (contract).
+    let bytes = unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return fail(
+            crate::params::JSONRPC_INVALID_PARAMS,
+            "parameters are not UTF-8".into(),
+        );
+    };
+    let parsed = match CreateParams::from_json(text) {
+        Ok(p) => p,
+        Err(e) => return fail(e.rpc_code(), e.to_string()),
+    };
+    match BdevDevice::open(parsed) {
+        Ok(dev) => Box::into_raw(Box::new(RsDev(dev))),
+        Err(e) => fail(e.rpc_code(), e.to_string()),
+    }
+}
+
+/// Releases a device handle (after detach, or after a failed register).
+///
+/// # Safety
+/// `dev` must come from [`iomem_rs_dev_open`] and not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_free(dev: *mut RsDev) {
+    if !dev.is_null() {
+        // SAFETY: `dev` was created by Box::into_raw and is freed once.
+        drop(unsafe { Box::from_raw(dev) });
+    }
+}
+
+/// Borrows the device behind a handle.
+///
+/// # Safety
+/// `dev` must be a live handle from [`iomem_rs_dev_open`].
+unsafe fn dev_ref<'a>(dev: *const RsDev) -> &'a Arc<BdevDevice> {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { &(*dev).0 }
+}
+
+/// The bdev name, valid as long as the handle.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_name(dev: *const RsDev) -> *const c_char {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.name_c().as_ptr()
+}
+
+/// Bytes per block.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_block_size(dev: *const RsDev) -> u32 {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.block_size()
+}
+
+/// Number of blocks.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_num_blocks(dev: *const RsDev) -> u64 {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.num_blocks()
+}
+
+/// Most blocks per read or write (`spdk_bdev.max_rw_size`).
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_max_rw_blocks(dev: *const RsDev) -> u32 {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.max_rw_blocks()
+}
+
+/// Whether acknowledged writes may sit in a volatile cache (the card has no
+/// power-loss protection): SPDK then sends FLUSH.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_volatile_cache(dev: *const RsDev) -> bool {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.volatile_cache()
+}
+
+/// Parses `bdev_iomemory_delete` params: 0 with the NUL-terminated name in
+/// `name_out`, or a JSON-RPC error code with a message in `err`.
+///
+/// # Safety
+/// `params` must point to `len` readable bytes; `name_out` to `name_len`
+/// and `err` to `err_len` writable bytes (or be null).
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_delete_params(
+    params: *const c_char,
+    len: usize,
+    name_out: *mut c_char,
+    name_len: usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    let text = if params.is_null() {
+        ""
+    } else {
+        // SAFETY: `params` points to `len` readable bytes (contract).
+        std::str::from_utf8(unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) })
+            .unwrap_or("")
+    };
+    match DeleteParams::from_json(text) {
+        Ok(p) if p.name.len() < name_len => {
+            // SAFETY: `name_out` has `name_len` writable bytes (contract).
+            unsafe { write_err(name_out, name_len, &p.name) };
+            0
+        }
+        Ok(p) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
+            crate::params::JSONRPC_INVALID_PARAMS
+        }
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            e.rpc_code()
+        }
+    }
+}
+
+/// Writes the 16-byte UUID of the card's format into `out`.
+///
+/// # Safety
+/// `dev` must be a live handle, `out` 16 writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_uuid(dev: *const RsDev, out: *mut u8) {
+    // SAFETY: live handle (contract).
+    let uuid = unsafe { dev_ref(dev) }.uuid();
+    // SAFETY: `out` has 16 writable bytes (contract).
+    unsafe { std::ptr::copy_nonoverlapping(uuid.as_ptr(), out, 16) };
+}
+
+/// Driver-specific info as JSON text; free with [`iomem_rs_string_free`].
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_info_json(dev: *const RsDev) -> *mut c_char {
+    // SAFETY: live handle (contract).
+    into_c_string(unsafe { dev_ref(dev) }.info_json().to_string())
+}
+
+/// The `params` of the `bdev_iomemory_create` call that recreates this bdev,
+/// as JSON text; free with [`iomem_rs_string_free`].
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_config_json(dev: *const RsDev) -> *mut c_char {
+    // SAFETY: live handle (contract).
+    into_c_string(unsafe { dev_ref(dev) }.config_json().to_string())
+}
+
+/// Frees a string returned by this library.
+///
+/// # Safety
+/// `s` must come from this library and not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: `s` came from CString::into_raw and is freed once.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+/// SPDK registered memory for DMA. Returns 1 if the card can reach it, 0 if
+/// its requests will be bounced.
+///
+/// # Safety
+/// `dev` must be a live handle; the range must stay mapped until passed to
+/// [`iomem_rs_dev_dma_unregister`].
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_dma_register(
+    dev: *const RsDev,
+    vaddr: *mut c_void,
+    len: usize,
+) -> i32 {
+    // SAFETY: live handle; range contract forwarded.
+    unsafe { dev_ref(dev).dma().register(vaddr.cast(), len) as i32 }
+}
+
+/// SPDK unregistered memory.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_dma_unregister(
+    dev: *const RsDev,
+    vaddr: *mut c_void,
+    len: usize,
+) {
+    // SAFETY: live handle (contract).
+    unsafe { dev_ref(dev) }.dma().unregister(vaddr.cast(), len);
+}
+
+/// Starts a delete. 0: the caller must now call `spdk_bdev_unregister`;
+/// -EBUSY: removal already under way (message in `err`).
+///
+/// # Safety
+/// `dev` must be a live handle; `err` null or `err_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_begin_delete(
+    dev: *const RsDev,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    // SAFETY: live handle (contract).
+    match unsafe { dev_ref(dev) }
+        .lifecycle()
+        .begin_remove(RemoveReason::Delete)
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            -libc::EBUSY
+        }
+    }
+}
+
+/// SPDK called `destruct`. 0, or -EALREADY if destruction already began.
+///
+/// # Safety
+/// `dev` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_begin_destruct(dev: *const RsDev) -> i32 {
+    // SAFETY: live handle (contract).
+    match unsafe { dev_ref(dev) }.lifecycle().begin_destruct() {
+        Ok(()) => 0,
+        Err(_) => -libc::EALREADY,
+    }
+}
+
+/// Detaches the card (after the last channel closed): 0 clean, 1 card was
+/// lost (recovery scans at next attach), negative errno on failure with a
+/// message in `err`.
+///
+/// # Safety
+/// `dev` must be a live handle; `err` null or `err_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_detach(
+    dev: *const RsDev,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    // SAFETY: live handle (contract).
+    match unsafe { dev_ref(dev) }.detach() {
+        Ok(Detached::Clean) => 0,
+        Ok(Detached::CardLost) => 1,
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            -libc::EIO
+        }
+    }
+}
+
+/// Opens an I/O channel for the calling SPDK thread; null on failure with a
+/// message in `err`.
+///
+/// # Safety
+/// `dev` must be a live handle; `err` null or `err_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_chan_open(
+    dev: *const RsDev,
+    err: *mut c_char,
+    err_len: usize,
+) -> *mut BdevChannel {
+    // SAFETY: live handle (contract).
+    match unsafe { dev_ref(dev) }.open_channel() {
+        Ok(ch) => Box::into_raw(Box::new(ch)),
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Submits a request. Returns 0 if queued (completion comes from
+/// [`iomem_rs_chan_poll`]), or 1 with `*status` set if it finished at once.
+///
+/// # Safety
+/// `ch` must be a live channel used only by the calling thread; `io` a
+/// valid descriptor whose buffers stay valid until completion; `status`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_chan_submit(
+    ch: *mut BdevChannel,
+    io: *const IoDesc,
+    status: *mut i32,
+) -> i32 {
+    // SAFETY: live channel, exclusive to this thread; `io` valid (contract).
+    let outcome = unsafe { (*ch).submit(&*io) };
+    match outcome {
+        Submitted::Queued => 0,
+        Submitted::Done(s) => {
+            // SAFETY: writable (contract).
+            unsafe { *status = s as i32 };
+            1
+        }
+    }
+}
+
+/// Polls: completes finished requests through `cb(arg, token, status)`.
+/// Returns the number completed; sets `*hot_remove` when the card went
+/// offline and the caller must unregister the bdev (once per device).
+///
+/// # Safety
+/// `ch` must be a live channel used only by the calling thread;
+/// `hot_remove` writable.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_chan_poll(
+    ch: *mut BdevChannel,
+    cb: CompleteFn,
+    arg: *mut c_void,
+    hot_remove: *mut bool,
+) -> i32 {
+    // SAFETY: live channel, exclusive to this thread (contract).
+    let r = unsafe { (*ch).poll(&mut |token, s: IoStatus| cb(arg, token, s as i32)) };
+    // SAFETY: writable (contract).
+    unsafe { *hot_remove = r.hot_remove };
+    r.completed.min(i32::MAX as usize) as i32
+}
+
+/// Closes a channel: drains in-flight requests (completing them through
+/// `cb`), then frees it. Returns the number completed while draining.
+///
+/// # Safety
+/// `ch` must be a live channel, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_chan_close(
+    ch: *mut BdevChannel,
+    cb: CompleteFn,
+    arg: *mut c_void,
+) -> i32 {
+    // SAFETY: created by Box::into_raw in iomem_rs_chan_open; freed once.
+    let ch = unsafe { Box::from_raw(ch) };
+    let n = ch.close(&mut |token, s: IoStatus| cb(arg, token, s as i32));
+    n.min(i32::MAX as usize) as i32
+}
+
+/// Reads a NUL-terminated error buffer filled by this library (lossy;
+/// stops at the first NUL or the end of the buffer).
+pub fn err_text(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

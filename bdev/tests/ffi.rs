@@ -1,0 +1,288 @@
+//! The opaque-handle C ABI, called exactly as the SPDK shim calls it:
+//! create from RPC JSON, info/config JSON, DMA notifications, channels,
+//! submit/poll/close with a C completion callback, delete and detach.
+
+mod common;
+
+use std::ffi::{c_char, c_void, CStr};
+
+use common::*;
+use iomemory_bdev::ffi::*;
+use iomemory_bdev::io::spdk_io_type;
+use iomemory_bdev::params::JSONRPC_INVALID_PARAMS;
+
+extern "C" fn record(arg: *mut c_void, token: u64, status: i32) {
+    // SAFETY: every caller passes a `*mut Vec<(u64, i32)>` it owns.
+    let v = unsafe { &mut *arg.cast::<Vec<(u64, i32)>>() };
+    v.push((token, status));
+}
+
+fn open(json: &str) -> Result<*mut RsDev, (i32, String)> {
+    let mut err = [0 as c_char; 512];
+    let mut code = 0i32;
+    // SAFETY: valid buffers of the stated lengths.
+    let dev = unsafe {
+        iomem_rs_dev_open(
+            json.as_ptr().cast(),
+            json.len(),
+            err.as_mut_ptr(),
+            err.len(),
+            &mut code,
+        )
+    };
+    if dev.is_null() {
+        Err((code, err_text(&err)))
+    } else {
+        Ok(dev)
+    }
+}
+
+fn take_string(p: *mut c_char) -> String {
+    assert!(!p.is_null());
+    // SAFETY: a NUL-terminated string from the library, freed once below.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: returned by the library; not used afterwards.
+    unsafe { iomem_rs_string_free(p) };
+    s
+}
+
+#[test]
+fn create_errors_carry_json_rpc_codes_and_advice() {
+    let (code, msg) = open(r#"{"name":"x"}"#).unwrap_err();
+    assert_eq!(code, JSONRPC_INVALID_PARAMS);
+    assert!(msg.contains("path"), "{msg}");
+    let (code, msg) = open(r#"{"name":"x","path":"/nonexistent/card.img"}"#).unwrap_err();
+    assert_eq!(code, JSONRPC_INVALID_PARAMS);
+    assert!(msg.contains("iomem sim create"), "{msg}");
+    let (code, msg) = open("{not json").unwrap_err();
+    assert_eq!(code, JSONRPC_INVALID_PARAMS);
+    assert!(msg.starts_with("invalid parameters"), "{msg}");
+    let (code, msg) = open(r#"{"name":"x","pci_address":"ffff:ff:1f.7"}"#).unwrap_err();
+    assert_eq!(code, -libc::ENODEV);
+    assert!(msg.contains("ffff:ff:1f.7"), "{msg}");
+    // A file that is not a card image.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0u8; 8192]).unwrap();
+    let (code, msg) = open(&format!(r#"{{"name":"x","path":"{}"}}"#, junk.display())).unwrap_err();
+    assert_eq!(code, -libc::EIO);
+    assert!(msg.starts_with("cannot open the card"), "{msg}");
+}
+
+#[test]
+fn delete_params_parse_through_the_abi() {
+    let mut name = [0 as c_char; 16];
+    let mut err = [0 as c_char; 256];
+    let ok = r#"{"name":"iom0"}"#;
+    // SAFETY: valid buffers of the stated lengths.
+    let rc = unsafe {
+        iomem_rs_delete_params(
+            ok.as_ptr().cast(),
+            ok.len(),
+            name.as_mut_ptr(),
+            name.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(err_text(&name), "iom0");
+    let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(40));
+    // SAFETY: as above.
+    let rc = unsafe {
+        iomem_rs_delete_params(
+            long.as_ptr().cast(),
+            long.len(),
+            name.as_mut_ptr(),
+            name.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    assert_eq!(rc, JSONRPC_INVALID_PARAMS);
+    assert!(err_text(&err).contains("too long"));
+    // SAFETY: a null params pointer with length 0 is accepted.
+    let rc = unsafe {
+        iomem_rs_delete_params(
+            std::ptr::null(),
+            0,
+            name.as_mut_ptr(),
+            name.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    assert_eq!(rc, JSONRPC_INVALID_PARAMS);
+}
+
+#[test]
+fn full_lifecycle_through_the_abi() {
+    assert_eq!(iomem_rs_abi_version(), ABI_VERSION);
+    for t in [
+        spdk_io_type::READ,
+        spdk_io_type::WRITE,
+        spdk_io_type::UNMAP,
+        spdk_io_type::FLUSH,
+        spdk_io_type::RESET,
+        spdk_io_type::WRITE_ZEROES,
+    ] {
+        assert!(iomem_rs_io_type_supported(t));
+    }
+    assert!(!iomem_rs_io_type_supported(14), "COMPARE is not served");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), 11);
+    let json = format!(
+        r#"{{"name":"iom0","path":"{}","format_if_blank":true}}"#,
+        path.display()
+    );
+    let dev = open(&json).unwrap();
+    let mut uuid = [0u8; 16];
+    // SAFETY: `dev` is live for the whole test; buffers are valid.
+    unsafe {
+        assert_eq!(
+            CStr::from_ptr(iomem_rs_dev_name(dev)).to_str().unwrap(),
+            "iom0"
+        );
+        assert_eq!(iomem_rs_dev_block_size(dev), 4096);
+        assert!(iomem_rs_dev_num_blocks(dev) > 1000);
+        assert_eq!(iomem_rs_dev_max_rw_blocks(dev), (2 << 20) / 4096);
+        iomem_rs_dev_uuid(dev, uuid.as_mut_ptr());
+    }
+    assert_ne!(uuid, [0u8; 16]);
+
+    // SAFETY: live handle.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&take_string(unsafe { iomem_rs_dev_config_json(dev) })).unwrap();
+    assert_eq!(cfg["name"], "iom0");
+    assert_eq!(
+        cfg["path"],
+        std::fs::canonicalize(&path).unwrap().to_str().unwrap()
+    );
+    assert_eq!(cfg["format_if_blank"], true);
+
+    // DMA: SPDK announces its memory; I/O on it is zero-copy.
+    let mut buf = HostBuf::new(4 * 4096);
+    // SAFETY: live handle; `buf` outlives the registration (unregistered below).
+    assert_eq!(
+        unsafe { iomem_rs_dev_dma_register(dev, buf.ptr().cast(), buf.len()) },
+        1
+    );
+    let data = pattern(5, 9, 4 * 4096);
+    buf.fill(&data);
+
+    let mut err = [0 as c_char; 256];
+    // SAFETY: live handle, valid buffer.
+    let ch = unsafe { iomem_rs_chan_open(dev, err.as_mut_ptr(), err.len()) };
+    assert!(!ch.is_null(), "{}", err_text(&err));
+    let mut done: Vec<(u64, i32)> = Vec::new();
+    let iov = [buf.iov(0, 4 * 4096)];
+    let w = desc(spdk_io_type::WRITE, 5, 4, &iov, 0xabc);
+    let mut status = -1;
+    // SAFETY: live channel on this thread; `iov`/`buf` outlive the request.
+    assert_eq!(unsafe { iomem_rs_chan_submit(ch, &w, &mut status) }, 0);
+    let mut hot = true;
+    while done.is_empty() {
+        // SAFETY: live channel; `done` outlives the call.
+        unsafe {
+            iomem_rs_chan_poll(
+                ch,
+                record,
+                (&mut done as *mut Vec<(u64, i32)>).cast(),
+                &mut hot,
+            )
+        };
+        assert!(!hot);
+    }
+    assert_eq!(done, vec![(0xabc, 0)]);
+    // An out-of-range read finishes at once, FAILED.
+    let r = desc(spdk_io_type::READ, u64::MAX - 1, 1, &iov[..], 0xdef);
+    // SAFETY: as above.
+    assert_eq!(unsafe { iomem_rs_chan_submit(ch, &r, &mut status) }, 1);
+    assert_eq!(status, 1);
+
+    // SAFETY: live handle.
+    let info: serde_json::Value =
+        serde_json::from_str(&take_string(unsafe { iomem_rs_dev_info_json(dev) })).unwrap();
+    assert!(info["card"]["identity"]["model"].is_string(), "{info}");
+    assert!(info["card"]["identity"]["serial"].is_string());
+    assert!(info["vsl"]["ram_usage"]["total"].as_u64().unwrap() > 0);
+    assert!(info["vsl"]["write_amplification"].is_number());
+    assert!(info["vsl"]["reserve"].is_object());
+    assert!(info["health"].is_object());
+    assert_eq!(info["dma"]["regions"], 1);
+    assert_eq!(info["io"]["writes"], 1);
+    assert_eq!(info["io"]["bounced"], 0);
+    assert_eq!(info["lifecycle"]["state"], "active");
+    assert_eq!(info["lifecycle"]["channels"], 1);
+
+    // Delete: the first caller wins, a second is told it is under way.
+    // SAFETY: live handle, valid buffer.
+    unsafe {
+        assert_eq!(
+            iomem_rs_dev_begin_delete(dev, err.as_mut_ptr(), err.len()),
+            0
+        );
+        assert_eq!(
+            iomem_rs_dev_begin_delete(dev, err.as_mut_ptr(), err.len()),
+            -libc::EBUSY
+        );
+    }
+    assert!(err_text(&err).contains("already being removed"));
+    // SAFETY: live handle and channel; `done` outlives the call.
+    unsafe {
+        assert_eq!(iomem_rs_dev_begin_destruct(dev), 0);
+        assert_eq!(iomem_rs_dev_begin_destruct(dev), -libc::EALREADY);
+        assert!(
+            iomem_rs_dev_detach(dev, err.as_mut_ptr(), err.len()) < 0,
+            "channel still open"
+        );
+        assert_eq!(
+            iomem_rs_chan_close(ch, record, (&mut done as *mut Vec<(u64, i32)>).cast()),
+            0
+        );
+        iomem_rs_dev_dma_unregister(dev, buf.ptr().cast(), buf.len());
+        assert_eq!(
+            iomem_rs_dev_detach(dev, err.as_mut_ptr(), err.len()),
+            0,
+            "{}",
+            err_text(&err)
+        );
+        iomem_rs_dev_free(dev);
+    }
+
+    // Recreate from the saved config: same UUID, data there.
+    let dev = open(&cfg.to_string()).unwrap();
+    let mut uuid2 = [0u8; 16];
+    // SAFETY: live handle.
+    unsafe { iomem_rs_dev_uuid(dev, uuid2.as_mut_ptr()) };
+    assert_eq!(uuid, uuid2, "the bdev UUID is stable across restarts");
+    let out = HostBuf::new(4 * 4096);
+    // SAFETY: live handle, valid buffer.
+    let ch = unsafe { iomem_rs_chan_open(dev, err.as_mut_ptr(), err.len()) };
+    let oiov = [out.iov(0, 4 * 4096)];
+    let r = desc(spdk_io_type::READ, 5, 4, &oiov, 1);
+    done.clear();
+    // SAFETY: live channel; `out` outlives the request.
+    assert_eq!(unsafe { iomem_rs_chan_submit(ch, &r, &mut status) }, 0);
+    while done.is_empty() {
+        // SAFETY: as above.
+        unsafe {
+            iomem_rs_chan_poll(
+                ch,
+                record,
+                (&mut done as *mut Vec<(u64, i32)>).cast(),
+                &mut hot,
+            )
+        };
+    }
+    assert_eq!(done, vec![(1, 0)]);
+    assert_eq!(out.bytes(4 * 4096), data);
+    // SAFETY: live handles, closed in order.
+    unsafe {
+        iomem_rs_chan_close(ch, record, (&mut done as *mut Vec<(u64, i32)>).cast());
+        iomem_rs_dev_begin_destruct(dev);
+        assert_eq!(iomem_rs_dev_detach(dev, err.as_mut_ptr(), err.len()), 0);
+        iomem_rs_dev_free(dev);
+    }
+}
