@@ -12,6 +12,7 @@ pub mod config;
 pub mod nbd;
 pub mod reactor;
 pub mod rpc;
+pub mod vhost;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use config::{parse_listen, CardSpec, ExportSpec, ListenAddr};
 use nbd::listener::Listener;
 use nbd::NbdSession;
 use reactor::{Msg, Reactor, ReactorHandle, Shared};
+use vhost::VhostExport;
 
 /// How long shutdown waits for in-flight I/O before it stops anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,6 +115,7 @@ struct State {
     cards: BTreeMap<String, Arc<CardRt>>,
     exports: BTreeMap<String, Arc<ExportRt>>,
     listeners: BTreeMap<ListenAddr, Listener>,
+    vhost: BTreeMap<String, VhostExport>,
 }
 
 /// The service: cards, exports, reactors.
@@ -171,6 +174,20 @@ impl ServiceCore {
     /// Number of reactors.
     pub fn reactor_count(&self) -> usize {
         self.reactors.len()
+    }
+
+    /// Sends work to reactor `i`.
+    pub fn send_to_reactor(&self, i: usize, msg: Msg) {
+        if let Some(r) = self.reactors.get(i) {
+            r.send(msg);
+        }
+    }
+
+    /// Wakes reactor `i` if it sleeps.
+    pub fn wake_reactor(&self, i: usize) {
+        if let Some(r) = self.reactors.get(i) {
+            r.send_wake();
+        }
     }
 
     /// Hands a negotiated NBD connection to the next reactor.
@@ -307,8 +324,22 @@ impl ServiceCore {
                 eprintln!("iomem serve: NBD export {name} of card {} on {addr}", ex.card.name);
                 Ok(export_json(&ex))
             }
-            ExportSpec::VhostUserBlk { .. } => {
-                Err("vhost-user-blk exports are not available in this build yet".to_string())
+            ExportSpec::VhostUserBlk { socket, queues, read_only, .. } => {
+                let queues = queues.unwrap_or(self.reactors.len());
+                let ex = Arc::new(ExportRt {
+                    id,
+                    name: name.clone(),
+                    card,
+                    read_only: *read_only,
+                    description: String::new(),
+                    kind: ExportKind::VhostUserBlk { socket: socket.clone(), queues },
+                    stats: ExportStats::default(),
+                });
+                let v = VhostExport::start(ex.clone(), socket, queues, self)?;
+                st.vhost.insert(name.clone(), v);
+                st.exports.insert(name.clone(), ex.clone());
+                eprintln!("iomem serve: vhost-user-blk export {name} of card {} on {} ({queues} queues)", ex.card.name, socket.display());
+                Ok(export_json(&ex))
             }
         }
     }
@@ -335,7 +366,11 @@ impl ServiceCore {
                 }
             }
         }
+        let vhost = st.vhost.remove(name);
         drop(st);
+        if let Some(v) = vhost {
+            v.stop();
+        }
         for r in &self.reactors {
             r.send(Msg::CloseExport(ex.id));
         }
@@ -374,6 +409,10 @@ impl ServiceCore {
         let listeners = std::mem::take(&mut self.state().listeners);
         for (_, l) in listeners {
             l.stop();
+        }
+        let vhost = std::mem::take(&mut self.state().vhost);
+        for (_, v) in vhost {
+            v.stop();
         }
         self.shared.draining.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + DRAIN_TIMEOUT;

@@ -21,6 +21,8 @@ use iomemory::dma::{DmaBuf, DmaPool};
 
 use super::nbd::conn::NbdConn;
 use super::nbd::NbdSession;
+use super::vhost::backend::{BlkBackend, RegisteredMem};
+use super::vhost::queue::VhostQueue;
 use super::wait::{wait_readable, Waker};
 use super::CardRt;
 
@@ -43,6 +45,24 @@ pub enum Msg {
     CloseExport(u64),
     /// Drop the channel of this card once nothing uses it, then acknowledge.
     ReleaseCard(u64, Sender<()>),
+    /// Start polling a virtqueue.
+    VhostStart {
+        /// The export's backend.
+        backend: Arc<BlkBackend>,
+        /// Queue index.
+        queue: u16,
+        /// The vring.
+        vring: vhost_user_backend::VringRwLock,
+    },
+    /// Stop polling a virtqueue once its requests completed, then acknowledge.
+    VhostStop {
+        /// Export id.
+        export: u64,
+        /// Queue index.
+        queue: u16,
+        /// Acknowledgement.
+        ack: Sender<()>,
+    },
 }
 
 /// The service's handle on one reactor.
@@ -140,6 +160,17 @@ pub enum Owner {
         /// NBD command.
         cmd: u16,
     },
+    /// A virtio-blk request on a queue slot.
+    Vhost {
+        /// Queue slot in the reactor.
+        slot: usize,
+        /// Descriptor chain head.
+        head: u16,
+        /// Guest address of the status byte.
+        status: u64,
+        /// Used length to report on success.
+        used_len: u32,
+    },
 }
 
 /// A request in flight.
@@ -161,6 +192,10 @@ pub struct Op {
     pub owner: Owner,
     /// First failure.
     pub failure: Option<Failure>,
+    /// Guest ranges a bounced read is copied back to.
+    pub bounce: Vec<(u64, usize)>,
+    /// Guest memory registration the op's segments point into.
+    pub keep: Option<Arc<RegisteredMem>>,
     next: usize,
     pending: u32,
     flushing: bool,
@@ -177,6 +212,8 @@ impl Op {
             fua: false,
             owner,
             failure: None,
+            bounce: Vec::new(),
+            keep: None,
             next: 0,
             pending: 0,
             flushing: false,
@@ -219,6 +256,8 @@ pub struct Reactor {
     completions: Vec<(u64, Result<(), IoError>)>,
     /// NBD connections.
     pub nbd: Vec<Option<NbdConn>>,
+    /// Virtqueues.
+    pub vhost: Vec<Option<VhostQueue>>,
     idle_since: Option<Instant>,
     fds: Vec<i32>,
 }
@@ -243,6 +282,7 @@ impl Reactor {
             retry: VecDeque::new(),
             completions: Vec::with_capacity(256),
             nbd: Vec::new(),
+            vhost: Vec::new(),
             idle_since: None,
             fds: Vec::new(),
         };
@@ -260,8 +300,10 @@ impl Reactor {
     pub fn poll(&mut self) -> PollStatus {
         let mut busy = self.take_messages();
         busy |= self.nbd_poll_connections();
+        busy |= self.vhost_poll_queues();
         busy |= self.run_retry();
         busy |= self.poll_cards();
+        self.vhost_signal();
         busy |= self.nbd_flush_and_reap();
         self.release_idle_cards();
         let load = self.ops.len() - self.free_ops.len() + self.nbd.iter().filter(|c| c.is_some()).count();
@@ -273,7 +315,13 @@ impl Reactor {
         let in_flight = self.ops.len() > self.free_ops.len();
         let since = *self.idle_since.get_or_insert_with(Instant::now);
         if !in_flight && since.elapsed() >= IDLE_SPIN {
+            if self.vhost_arm() {
+                self.vhost_disarm();
+                return PollStatus::Busy;
+            }
             self.sleep();
+            self.vhost_disarm();
+            self.idle_since = None;
         }
         PollStatus::Idle
     }
@@ -298,6 +346,8 @@ impl Reactor {
             match msg {
                 Msg::Nbd(session) => self.nbd_add(session),
                 Msg::CloseExport(id) => self.nbd_close_export(id),
+                Msg::VhostStart { backend, queue, vring } => self.vhost_start(backend, queue, vring),
+                Msg::VhostStop { export, queue, ack } => self.vhost_stop(export, queue, ack),
                 Msg::ReleaseCard(id, ack) => {
                     self.nbd_close_card(id);
                     match self.cards.get_mut(&id) {
@@ -464,7 +514,13 @@ impl Reactor {
         }
         match op.owner {
             Owner::Nbd { .. } => self.nbd_complete(&op),
+            Owner::Vhost { .. } => self.vhost_complete(&op),
         }
+        self.recycle(op);
+    }
+
+    /// Returns an op's vectors for reuse (and its buffers to their pool).
+    pub fn recycle(&mut self, mut op: Op) {
         op.parts.clear();
         op.segs.clear();
         op.bufs.clear();
@@ -473,6 +529,8 @@ impl Reactor {
         op.next = 0;
         op.pending = 0;
         op.flushing = false;
+        op.bounce.clear();
+        op.keep = None;
         self.spare.push(op);
     }
 
@@ -480,7 +538,7 @@ impl Reactor {
         let idle: Vec<u64> = self
             .cards
             .iter()
-            .filter(|(id, s)| !s.release.is_empty() && s.inflight == 0 && !self.nbd_uses_card(**id))
+            .filter(|(id, s)| !s.release.is_empty() && s.inflight == 0 && !self.nbd_uses_card(**id) && !self.vhost_uses_card(**id))
             .map(|(id, _)| *id)
             .collect();
         for id in idle {

@@ -404,7 +404,7 @@ impl Reactor {
 
     /// Builds the reply of a finished request.
     pub(crate) fn nbd_complete(&mut self, op: &Op) {
-        let Owner::Nbd { conn, cookie, offset, length, cmd: kind } = op.owner;
+        let Owner::Nbd { conn, cookie, offset, length, cmd: kind } = op.owner else { return };
         let Some(c) = self.nbd.get_mut(conn).and_then(|c| c.as_mut()) else { return };
         c.inflight = c.inflight.saturating_sub(1);
         let st = &c.export.stats;
