@@ -263,13 +263,32 @@ impl QueuePair {
         let mut reaped = 0;
         while reaped < max {
             let slot = self.memory.as_ptr().wrapping_add(self.cq_offset + self.cq_head as usize * 16);
-            // SAFETY: `cq_head < depth` keeps the slot inside the completion
-            // ring; the device writes it, so it is read with a volatile load.
-            let cqe = unsafe { slot.cast::<CompletionEntry>().read_volatile() };
-            if cqe.phase() != self.phase {
+            // The dword holding the command id and the phase-tagged status is
+            // read first, in one load, and the rest only after the phase
+            // matched: a whole-struct volatile read is done field by field in
+            // any order, so it could pair a new phase with a stale command id
+            // while the device is still writing the entry.
+            // SAFETY: `cq_head < depth` keeps the 16-byte slot inside the
+            // completion ring (16-byte aligned); the device writes it, so it
+            // is read with volatile loads.
+            let dw3 = unsafe { slot.add(12).cast::<u32>().read_volatile() };
+            if (dw3 >> 16) & 1 != u32::from(self.phase) {
                 break;
             }
             std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            // SAFETY: as above; the entry is complete once its phase matched.
+            let (dw0, dw1, dw2) = unsafe {
+                let words = slot.cast::<u32>();
+                (words.read_volatile(), words.add(1).read_volatile(), words.add(2).read_volatile())
+            };
+            let cqe = CompletionEntry {
+                dw0,
+                dw1,
+                sq_head: dw2 as u16,
+                sq_id: (dw2 >> 16) as u16,
+                cid: dw3 as u16,
+                status: (dw3 >> 16) as u16,
+            };
             self.cq_head += 1;
             if self.cq_head == self.depth {
                 self.cq_head = 0;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the VFIO guest test needs, from Debian's packages:
+#   qemu-system-x86 (10.x, bookworm-backports: the bookworm build would
+#   downgrade the machine's qemu-utils), busybox-static, fio (kernel-driver
+#   baseline inside the guest). Idempotent; needs root.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v fio >/dev/null || need+=(fio)
+if [ ${#need[@]} -eq 0 ]; then
+    echo "install-deps: qemu-system-x86_64, busybox, fio present"
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing ${need[*]} and not root; install them (qemu-system-x86 from bookworm-backports)" >&2
+    exit 1
+fi
+bash "$HERE/apt-backports.sh"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# qemu from backports (10.x); the rest from the default suites.
+for pkg in "${need[@]}"; do
+    case "$pkg" in
+    qemu-system-x86)
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 ;;
+    *)
+        apt-get install -y -qq --no-install-recommends "$pkg" ;;
+    esac
+done
+qemu-system-x86_64 --version | head -n1
