@@ -360,7 +360,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     let iops = ios as f64 / elapsed;
     let mbps = iops * bs as f64 / 1e6;
     let us = |ns: u64| ns as f64 / 1000.0;
-    let cpu_per_io = if ios > 0 { cpu_ns / ios } else { 0 };
+    let cpu_per_io = cpu_ns.checked_div(ios).unwrap_or(0);
     if args.json {
         let v = json!({
             "target": format!("{}/{}", target.address, nsid),
@@ -370,6 +370,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
             "jobs": args.jobs,
             "runtime_s": elapsed,
             "ios": ios,
+            "latency_samples": latency.count(),
             "iops": iops,
             "mb_per_s": mbps,
             "lat_us": {
