@@ -256,4 +256,17 @@ mod tests {
         assert!(Config::default().add_cli_specs(&["c.img".into(), "--bogus".into()]).is_err());
         assert!(serde_json::from_str::<Config>(r#"{"cards":[],"extra":1}"#).is_err());
     }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let c: Config = serde_json::from_str(include_str!("../../../contrib/serve.example.json")).unwrap();
+        assert_eq!(c.cards.len(), 1);
+        assert_eq!(c.exports.len(), 3);
+        assert!(c.exports.iter().all(|e| e.card() == "card0"));
+        for e in &c.exports {
+            if let ExportSpec::Nbd { listen, .. } = e {
+                parse_listen(listen.as_deref()).unwrap();
+            }
+        }
+    }
 }

@@ -167,13 +167,23 @@ impl Driver {
     }
 
     /// Places a descriptor chain on queue `q` and kicks: returns the head.
+    /// Descriptors are taken round-robin from the table.
     pub fn submit(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.qs[q].next_desc;
+        let size = self.qs[q].size;
+        self.qs[q].next_desc = (head + descs.len() as u16) % size;
+        self.submit_at(q, head, descs)
+    }
+
+    /// Places a chain using descriptors `first..first + descs.len()` (the
+    /// caller owns them until the chain completes) and kicks when the
+    /// device asks for it (event-idx) or always (without event-idx).
+    pub fn submit_at(&mut self, q: usize, first: u16, descs: &[(u64, u32, bool)]) -> u16 {
         let vq = &self.qs[q];
         let size = vq.size;
-        let (desc_base, avail) = (vq.desc, vq.avail);
-        let head = self.qs[q].next_desc;
+        let (desc_base, avail, used) = (vq.desc, vq.avail, vq.used);
         for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % size;
+            let idx = (first + i as u16) % size;
             let next = (idx + 1) % size;
             let mut flags = if write { DESC_F_WRITE } else { 0 };
             if i + 1 < descs.len() {
@@ -187,16 +197,30 @@ impl Driver {
             self.write_mem(desc_base + 16 * u64::from(idx), &d);
         }
         let vq = &mut self.qs[q];
-        vq.next_desc = (head + descs.len() as u16) % size;
-        let slot = vq.avail_idx % size;
-        vq.avail_idx = vq.avail_idx.wrapping_add(1);
+        let old = vq.avail_idx;
+        let slot = old % size;
+        vq.avail_idx = old.wrapping_add(1);
         let new_idx = vq.avail_idx;
-        self.put16(avail + 4 + 2 * u64::from(slot), head);
+        self.put16(avail + 4 + 2 * u64::from(slot), first);
         fence(Ordering::Release);
         self.put16(avail + 2, new_idx);
         fence(Ordering::SeqCst);
-        self.qs[q].kick.write(1).unwrap();
-        head
+        let kick = if self.features & F_EVENT_IDX != 0 {
+            // virtio 1.x vring_need_event(avail_event, new, old).
+            let event = self.get16(used + 4 + 8 * u64::from(size));
+            new_idx.wrapping_sub(event).wrapping_sub(1) < new_idx.wrapping_sub(old)
+        } else {
+            true
+        };
+        if kick {
+            self.qs[q].kick.write(1).unwrap();
+        }
+        first
+    }
+
+    /// Whether queue `q` has a used entry waiting.
+    pub fn has_used(&self, q: usize) -> bool {
+        self.get16(self.qs[q].used + 2) != self.qs[q].last_used
     }
 
     /// Waits (bounded) for the next used entry of queue `q`: (head, len).
