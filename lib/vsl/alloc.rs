@@ -7,7 +7,7 @@
 //! supply it, the blocks it took for this request go back and the request is
 //! refused before anything was submitted.
 
-use super::blocks::{BlockState, BlockTable};
+use super::blocks::BlockTable;
 
 /// Most blocks one writer keeps open at once.
 pub const RING_CAP: usize = 64;
@@ -248,14 +248,6 @@ impl Ring {
             self.remove(last);
         }
         Ok((pad, e))
-    }
-}
-
-/// Marks a block whose programs all completed as full (if it is still open).
-pub fn close_if_complete(blocks: &BlockTable, block: u32, pages_per_block: u32) {
-    let m = blocks.get(block);
-    if m.written.load(std::sync::atomic::Ordering::Acquire) >= pages_per_block {
-        m.transition(BlockState::Open, BlockState::Full);
     }
 }
 

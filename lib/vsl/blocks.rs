@@ -139,11 +139,6 @@ impl BlockTable {
         self.blocks.len() as u32
     }
 
-    /// Whether there are no blocks.
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     /// Bookkeeping of linear block `b`.
     #[inline]
     pub fn get(&self, b: u32) -> &BlockMeta {
@@ -195,11 +190,6 @@ impl BlockTable {
     pub fn pop_free_near(&self, first_die: u32) -> Option<u32> {
         let dies = self.dies();
         (0..dies).find_map(|i| self.pop_free((first_die + i) % dies))
-    }
-
-    /// Free blocks on `die`.
-    pub fn free_on_die(&self, die: u32) -> usize {
-        self.pools[die as usize].len()
     }
 
     /// Counts blocks per state.
@@ -270,7 +260,6 @@ mod tests {
             t.push_free(b);
         }
         assert_eq!(t.free_count(), 3);
-        assert_eq!(t.free_on_die(0), 2);
         assert_eq!(t.pop_free(1), Some(5));
         assert_eq!(t.get(5).state(), BlockState::Open);
         assert_eq!(t.pop_free(1), None);

@@ -464,7 +464,7 @@ impl VslChannel {
         let ss = self.sector_size;
         let (vi, off) = Self::locate(data, first_sector as usize * ss);
         let v = data[vi];
-        let zero_copy = self.spp == 1 && (v.iova() + off as u64) % self.page_size as u64 == 0;
+        let zero_copy = self.spp == 1 && (v.iova() + off as u64).is_multiple_of(self.page_size as u64);
         rec.count = nsec as u16;
         for k in 0..nsec as usize {
             rec.lbas[k] = lbas(first_sector + k as u64) as u32;
@@ -540,7 +540,7 @@ impl VslChannel {
                 .map(|v| {
                     (0..v.len())
                         .step_by(self.sector_size)
-                        .filter(|o| (v.iova() + *o as u64) % self.page_size as u64 != 0)
+                        .filter(|o| !(v.iova() + *o as u64).is_multiple_of(self.page_size as u64))
                         .count()
                 })
                 .sum()
@@ -984,7 +984,7 @@ impl VslChannel {
                     continue;
                 }
             }
-            let zero_copy = !zero && self.spp == 1 && dst_iova % self.page_size as u64 == 0;
+            let zero_copy = !zero && self.spp == 1 && dst_iova.is_multiple_of(self.page_size as u64);
             if !zero {
                 data_runs += 1;
                 if !zero_copy {

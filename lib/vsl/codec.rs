@@ -20,12 +20,6 @@ impl Writer {
         }
     }
 
-    /// Appends a byte.
-    pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.buf.push(v);
-        self
-    }
-
     /// Appends a `u16`.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
@@ -48,16 +42,6 @@ impl Writer {
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(v);
         self
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     /// The encoded bytes.
@@ -91,11 +75,6 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    /// Reads a byte.
-    pub fn u8(&mut self) -> Result<u8, Truncated> {
-        Ok(self.bytes(1)?[0])
-    }
-
     /// Reads a `u16`.
     pub fn u16(&mut self) -> Result<u16, Truncated> {
         let b = self.bytes(2)?;
@@ -116,11 +95,6 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    /// Bytes consumed so far.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     /// Bytes left.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
@@ -134,17 +108,16 @@ mod tests {
     #[test]
     fn fields_round_trip_and_truncation_is_an_error() {
         let mut w = Writer::new();
-        w.u8(7).u16(0xbeef).u32(0xdead_beef).u64(u64::MAX - 3).bytes(b"xyz");
-        assert_eq!(w.len(), 1 + 2 + 4 + 8 + 3);
+        w.u16(0xbeef).u32(0xdead_beef).u64(u64::MAX - 3).bytes(b"xyz");
         let buf = w.finish();
+        assert_eq!(buf.len(), 2 + 4 + 8 + 3);
         let mut r = Reader::new(&buf);
-        assert_eq!(r.u8(), Ok(7));
         assert_eq!(r.u16(), Ok(0xbeef));
         assert_eq!(r.u32(), Ok(0xdead_beef));
         assert_eq!(r.u64(), Ok(u64::MAX - 3));
         assert_eq!(r.bytes(3), Ok(&b"xyz"[..]));
         assert_eq!(r.remaining(), 0);
-        assert_eq!(r.u8(), Err(Truncated));
+        assert_eq!(r.u16(), Err(Truncated));
         assert_eq!(Reader::new(&buf[..5]).u64(), Err(Truncated));
     }
 }

@@ -24,7 +24,7 @@ use super::blocks::BlockState;
 use super::device::Vsl;
 use super::error::VslError;
 use super::map::{Layout, UNMAPPED};
-use super::oob::{decode_trim_ranges, OobRecord, PageKind, FLAG_ATOMIC, FLAG_ATOMIC_COMMIT, OOB_RECORD_LEN};
+use super::oob::{decode_trim_ranges, OobRecord, PageKind, OOB_RECORD_LEN};
 use super::victim::{Candidate, VictimPicker};
 
 /// Page buffers of the groomer.
@@ -51,13 +51,21 @@ struct GCmd {
     bufs: [u16; CMD_PAGES],
 }
 
+/// What a buffer holds: a page read from a victim, or a page being built
+/// (live sectors packed together, or a trim note copied whole).
 #[derive(Debug, Clone, Copy)]
 struct BufMeta {
+    /// Victim page the buffer was read from (trim notes: the old note).
     src_page: u32,
     kind: PageKind,
-    seq: u64,
-    mask: u8,
+    /// Ranges in a trim note.
     count: u16,
+    /// Sectors packed so far.
+    n: u8,
+    lbas: [u32; 8],
+    seqs: [u64; 8],
+    /// Where each packed sector lives now (the CAS's expected value).
+    src: [u32; 8],
     oob: [u8; OOB_RECORD_LEN],
 }
 
@@ -98,6 +106,8 @@ pub struct Groomer {
     cmds: Box<[GCmd]>,
     cmd_free: Vec<u16>,
     to_program: VecDeque<u16>,
+    /// The page being packed with live sectors.
+    pack: Option<u16>,
     cq_buf: Vec<Completion>,
     victim: Option<Victim>,
     wear_due: bool,
@@ -126,9 +136,11 @@ impl Groomer {
         let empty = BufMeta {
             src_page: 0,
             kind: PageKind::Pad,
-            seq: 0,
-            mask: 0,
             count: 0,
+            n: 0,
+            lbas: [0; 8],
+            seqs: [0; 8],
+            src: [0; 8],
             oob: [0; OOB_RECORD_LEN],
         };
         Ok(Self {
@@ -154,6 +166,7 @@ impl Groomer {
             .into_boxed_slice(),
             cmd_free: (0..ncmds as u16).rev().collect(),
             to_program: VecDeque::with_capacity(GBUFS),
+            pack: None,
             cq_buf: Vec::with_capacity(ncmds + 1),
             victim: None,
             wear_due: true,
@@ -162,12 +175,7 @@ impl Groomer {
 
     /// Whether no victim is in progress and nothing is in flight.
     pub fn is_idle(&self) -> bool {
-        self.victim.is_none() && self.q.outstanding() == 0 && self.to_program.is_empty()
-    }
-
-    /// Open blocks of the groomer (checkpoint bookkeeping).
-    pub fn open_blocks(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ring.open_blocks().map(|p| p.block)
+        self.victim.is_none() && self.q.outstanding() == 0 && self.to_program.is_empty() && self.pack.is_none()
     }
 
     fn buf_ptr(&self, b: u16) -> *mut u8 {
@@ -298,8 +306,10 @@ impl Groomer {
                     // Nothing live: no need to read anything.
                     v.next_read = v.pages;
                 }
-                while v.next_read < v.pages && !self.buf_free.is_empty() && !self.cmd_free.is_empty() && self.q.free_slots() > 0 {
-                    let k = (v.pages - v.next_read).min(CMD_PAGES as u32).min(self.buf_free.len() as u32);
+                // Keep buffers back for packing what the reads bring in.
+                let spare = 2 + CMD_PAGES / 4;
+                while v.next_read < v.pages && self.buf_free.len() > spare && !self.cmd_free.is_empty() && self.q.free_slots() > 0 {
+                    let k = (v.pages - v.next_read).min(CMD_PAGES as u32).min((self.buf_free.len() - spare) as u32);
                     let c = self.cmd_free.pop().unwrap_or(0) as usize;
                     let mut ppas = [Ppa::new(0, 0, 0); CMD_PAGES];
                     let mut data = [0u64; CMD_PAGES];
@@ -323,6 +333,10 @@ impl Groomer {
                         self.cmd_free.push(c as u16);
                         break;
                     }
+                }
+                if v.next_read >= v.pages && v.reads == 0 {
+                    // Everything read: the last partly packed page goes too.
+                    self.close_pack();
                 }
                 v.progs += self.submit_programs(vsl);
                 if v.next_read >= v.pages && v.reads == 0 && v.progs == 0 && self.to_program.is_empty() {
@@ -489,7 +503,8 @@ impl Groomer {
                 let mut max_seq = 0;
                 for i in 0..ok as usize {
                     let b = cmd.bufs[i];
-                    max_seq = max_seq.max(self.meta[b as usize].seq);
+                    let m = &self.meta[b as usize];
+                    max_seq = m.seqs[..(m.n as usize).max(1)].iter().fold(max_seq, |a, &s| a.max(s));
                     self.apply(vsl, b, base + i as u32);
                     self.buf_free.push(b);
                 }
@@ -558,56 +573,113 @@ impl Groomer {
         self.cmd_free.push(c as u16);
     }
 
-    /// Decides whether the page just read into buffer `b` must move.
+    /// Sorts the page just read into buffer `b`: live data sectors are
+    /// packed into the page being built, a referenced trim note is queued
+    /// whole. Returns whether `b` itself must be programmed (notes).
     fn analyze(&mut self, vsl: &Vsl, b: u16, raw: &[u8]) -> bool {
         let Some(d) = OobRecord::decode(raw) else { return false };
         let src = self.meta[b as usize].src_page;
         let layout = self.layout;
-        let meta = &mut self.meta[b as usize];
-        meta.kind = d.record.kind;
-        meta.seq = d.record.seq;
-        meta.count = d.record.count;
         match d.record.kind {
             PageKind::Data => {
-                let mut mask = 0u8;
                 for (slot, &l) in d.record.lbas.iter().enumerate().take(d.record.count as usize) {
-                    if (l as u64) < vsl.num_sectors() && vsl.map.get(l as u64) == layout.phys(src, slot as u32) {
-                        mask |= 1 << slot;
+                    let phys = layout.phys(src, slot as u32);
+                    if (l as u64) < vsl.num_sectors() && vsl.map.get(l as u64) == phys {
+                        self.pack_sector(b, slot, l, d.record.slot_seq(slot), phys);
                     }
                 }
-                if mask == 0 {
-                    return false;
-                }
-                meta.mask = mask;
-                let mut rec = d.record;
-                if rec.flags & (FLAG_ATOMIC | FLAG_ATOMIC_COMMIT) != 0 {
-                    rec.flags &= !(FLAG_ATOMIC | FLAG_ATOMIC_COMMIT);
-                    // SAFETY: the read into buffer b completed; the buffer is
-                    // ours until it is programmed.
-                    let page = unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(b as usize * self.page_size), self.page_size) };
-                    let crc = if d.data_matches(page) { rec.data_crc(page) } else { d.crc ^ 1 };
-                    rec.encode_with_crc(crc, &mut meta.oob);
-                } else {
-                    meta.oob.copy_from_slice(&raw[..OOB_RECORD_LEN]);
-                }
-                true
+                false
             }
             PageKind::Trim => {
                 let note = layout.phys(src, 0);
-                // SAFETY: as above.
-                let page = unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(b as usize * self.page_size), self.page_size) };
+                // SAFETY: the read into buffer b completed; it is ours.
+                let page = unsafe { std::slice::from_raw_parts(self.buf_ptr(b), self.page_size) };
                 let live = decode_trim_ranges(page, d.record.count as usize).any(|r| {
                     (r.lba as u64..r.lba as u64 + r.count as u64)
                         .take_while(|&l| l < vsl.num_sectors())
                         .any(|l| vsl.map.get(l) == note)
                 });
                 if live {
-                    meta.oob.copy_from_slice(&raw[..OOB_RECORD_LEN]);
+                    let m = &mut self.meta[b as usize];
+                    m.kind = PageKind::Trim;
+                    m.count = d.record.count;
+                    m.n = 1;
+                    m.seqs[0] = d.record.seq;
+                    m.oob.copy_from_slice(&raw[..OOB_RECORD_LEN]);
                 }
                 live
             }
             PageKind::Pad | PageKind::Checkpoint => false,
         }
+    }
+
+    /// Copies sector `slot` of buffer `from` into the page being packed.
+    fn pack_sector(&mut self, from: u16, slot: usize, lba: u32, seq: u64, src: u32) {
+        let spp = self.layout.sectors_per_page as usize;
+        let ss = self.page_size / spp;
+        // Versions in one page must lie within 2^32 of the lowest.
+        if let Some(p) = self.pack {
+            let m = &self.meta[p as usize];
+            let lo = m.seqs[..m.n as usize].iter().copied().min().unwrap_or(seq).min(seq);
+            let hi = m.seqs[..m.n as usize].iter().copied().max().unwrap_or(seq).max(seq);
+            if hi - lo > u32::MAX as u64 {
+                self.close_pack();
+            }
+        }
+        let p = match self.pack {
+            Some(p) => p,
+            None => {
+                // Reads leave spare buffers for this (see `advance`).
+                let Some(p) = self.buf_free.pop() else { return };
+                let m = &mut self.meta[p as usize];
+                m.kind = PageKind::Data;
+                m.n = 0;
+                self.pack = Some(p);
+                p
+            }
+        };
+        let k = self.meta[p as usize].n as usize;
+        // SAFETY: both buffers are ours and idle (the read completed, the
+        // pack page is not yet submitted); the ranges lie inside them.
+        unsafe { std::ptr::copy_nonoverlapping(self.buf_ptr(from).add(slot * ss), self.buf_ptr(p).add(k * ss), ss) };
+        let m = &mut self.meta[p as usize];
+        m.lbas[k] = lba;
+        m.seqs[k] = seq;
+        m.src[k] = src;
+        m.n += 1;
+        if m.n as usize == spp {
+            self.close_pack();
+        }
+    }
+
+    /// Seals the page being packed (OOB with each sector's own version) and
+    /// queues it for programming.
+    fn close_pack(&mut self) {
+        let Some(p) = self.pack.take() else { return };
+        let spp = self.layout.sectors_per_page as usize;
+        let ss = self.page_size / spp;
+        let n = self.meta[p as usize].n as usize;
+        if n == 0 {
+            self.buf_free.push(p);
+            return;
+        }
+        // SAFETY: the pack buffer is ours; zero the unused slots.
+        unsafe { std::ptr::write_bytes(self.buf_ptr(p).add(n * ss), 0, (spp - n) * ss) };
+        let m = self.meta[p as usize];
+        let base = m.seqs[..n].iter().copied().min().unwrap_or(0);
+        let mut rec = OobRecord::new(PageKind::Data, base);
+        rec.count = n as u16;
+        for k in 0..n {
+            rec.lbas[k] = m.lbas[k];
+            rec.seq_delta[k] = (m.seqs[k] - base) as u32;
+        }
+        // SAFETY: as above.
+        let page = unsafe { std::slice::from_raw_parts(self.buf_ptr(p), self.page_size) };
+        let crc = rec.data_crc(page);
+        let mut oob = [0u8; OOB_RECORD_LEN];
+        rec.encode_with_crc(crc, &mut oob);
+        self.meta[p as usize].oob = oob;
+        self.to_program.push_back(p);
     }
 
     /// Moves the map entries of buffer `b`'s page to `dst_page`.
@@ -616,12 +688,8 @@ impl Groomer {
         let layout = self.layout;
         match meta.kind {
             PageKind::Data => {
-                let Some(d) = OobRecord::decode(&meta.oob) else { return };
-                for slot in 0..d.record.count as usize {
-                    if meta.mask & (1 << slot) != 0 {
-                        let l = d.record.lbas[slot] as u64;
-                        vsl.relocate_data(l, layout.phys(meta.src_page, slot as u32), layout.phys(dst_page, slot as u32));
-                    }
+                for k in 0..meta.n as usize {
+                    vsl.relocate_data(meta.lbas[k] as u64, meta.src[k], layout.phys(dst_page, k as u32));
                 }
             }
             PageKind::Trim => {

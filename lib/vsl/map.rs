@@ -33,7 +33,7 @@ impl Layout {
     /// page size is not a multiple of the sector size, a page would hold more
     /// than 8 sectors, or physical sector addresses would not fit in 32 bits.
     pub fn new(geometry: Geometry, sector_size: u32) -> Option<Self> {
-        if sector_size == 0 || geometry.page_size % sector_size != 0 {
+        if sector_size == 0 || !geometry.page_size.is_multiple_of(sector_size) {
             return None;
         }
         let per_page = geometry.page_size / sector_size;

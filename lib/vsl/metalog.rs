@@ -27,8 +27,6 @@ pub struct MetaScan {
     pub superblock: Superblock,
     /// Newest record of any kind (sequence, record).
     pub latest: (u64, MetaRecord),
-    /// Records that were torn or corrupt (ignored).
-    pub damaged: u32,
 }
 
 /// The open metadata log.
@@ -58,8 +56,7 @@ impl MetaLog {
     ) -> Result<Option<(MetaLog, MetaScan)>, VslError> {
         let mut newest_sb: Option<(u64, Superblock)> = None;
         let mut latest: Option<(u64, MetaRecord, usize)> = None;
-        let mut damaged = 0u32;
-        let mut page = vec![0u8; page_size];
+                let mut page = vec![0u8; page_size];
         for (bi, &block) in blocks.iter().enumerate() {
             let wp = write_pointers[bi].min(pages_per_block);
             let mut first = 0u32;
@@ -69,7 +66,6 @@ impl MetaLog {
                 let c = io.read_sync(&ppas, true)?;
                 for i in 0..n as usize {
                     if c.failed_mask & (1 << i) != 0 {
-                        damaged += 1;
                         continue;
                     }
                     io.copy_data(0, i, &mut page);
@@ -85,7 +81,7 @@ impl MetaLog {
                             }
                         }
                         Err(MetaDecodeError::UnsupportedVersion(v)) => return Err(VslError::UnsupportedVersion(v)),
-                        Err(_) => damaged += 1,
+                        Err(_) => {}
                     }
                 }
                 first += n;
@@ -109,7 +105,6 @@ impl MetaLog {
             MetaScan {
                 superblock,
                 latest: (seq, record),
-                damaged,
             },
         )))
     }
@@ -138,16 +133,6 @@ impl MetaLog {
         log.write_page(io, &MetaRecord::Superblock(superblock))?;
         log.append(io, &first)?;
         Ok(log)
-    }
-
-    /// The superblock.
-    pub fn superblock(&self) -> &Superblock {
-        &self.superblock
-    }
-
-    /// The two metadata blocks (on die 0).
-    pub fn blocks(&self) -> [u32; 2] {
-        self.blocks
     }
 
     /// Appends a record, rotating to the other block when this one is full,

@@ -19,16 +19,21 @@
 //! | 24     | 2    | member index |
 //! | 26     | 2    | member count |
 //! | 28     | 32   | LBAs of the sectors in the page (`u32` each, up to 8) |
-//! | 60     | 4    | crc32c over bytes 0..60 and the page data |
-//! | 64     | 4    | crc32c over bytes 0..64 (checked by OOB-only scans) |
+//! | 60     | 32   | per-sector version offsets (`u32` each): sector `i` has version `seq + delta[i]` |
+//! | 92     | 4    | crc32c over bytes 0..92 and the page data |
+//! | 96     | 4    | crc32c over bytes 0..96 (checked by OOB-only scans) |
+//!
+//! User writes give every sector of a page the same version (offsets 0).
+//! The groomer packs live sectors of several pages into one page when
+//! sectors are smaller than pages, keeping each sector's own version.
 
 /// Bytes of the OOB area the record uses.
-pub const OOB_RECORD_LEN: usize = 68;
+pub const OOB_RECORD_LEN: usize = 100;
 /// Most sectors (LBAs) one page can hold: a 4 KiB page of 512-byte sectors.
 pub const MAX_SECTORS_PER_PAGE: usize = 8;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"VSL1");
-const HEADER_LEN: usize = 60;
+const HEADER_LEN: usize = 92;
 
 /// LBA slot value for a sector slot that holds nothing (padding).
 pub const NO_LBA: u32 = u32::MAX;
@@ -91,6 +96,8 @@ pub struct OobRecord {
     pub member_count: u16,
     /// LBA of each sector slot; [`NO_LBA`] for unused slots.
     pub lbas: [u32; MAX_SECTORS_PER_PAGE],
+    /// Version offset of each sector slot over `seq`.
+    pub seq_delta: [u32; MAX_SECTORS_PER_PAGE],
 }
 
 impl OobRecord {
@@ -105,7 +112,13 @@ impl OobRecord {
             member_index: 0,
             member_count: 0,
             lbas: [NO_LBA; MAX_SECTORS_PER_PAGE],
+            seq_delta: [0; MAX_SECTORS_PER_PAGE],
         }
+    }
+
+    /// Version of the sector in `slot`.
+    pub const fn slot_seq(&self, slot: usize) -> u64 {
+        self.seq + self.seq_delta[slot] as u64
     }
 
     /// Whether the page belongs to a not-yet-relocated atomic group.
@@ -125,6 +138,9 @@ impl OobRecord {
         h[26..28].copy_from_slice(&self.member_count.to_le_bytes());
         for (i, lba) in self.lbas.iter().enumerate() {
             h[28 + 4 * i..32 + 4 * i].copy_from_slice(&lba.to_le_bytes());
+        }
+        for (i, d) in self.seq_delta.iter().enumerate() {
+            h[60 + 4 * i..64 + 4 * i].copy_from_slice(&d.to_le_bytes());
         }
         h
     }
@@ -148,9 +164,9 @@ impl OobRecord {
             return false;
         }
         out[..HEADER_LEN].copy_from_slice(&self.header());
-        out[60..64].copy_from_slice(&crc.to_le_bytes());
-        let hcrc = crc32c::crc32c(&out[..64]);
-        out[64..68].copy_from_slice(&hcrc.to_le_bytes());
+        out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&crc.to_le_bytes());
+        let hcrc = crc32c::crc32c(&out[..HEADER_LEN + 4]);
+        out[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&hcrc.to_le_bytes());
         out[OOB_RECORD_LEN..].fill(0);
         true
     }
@@ -165,13 +181,15 @@ impl OobRecord {
         let u16_at = |o: usize| u16::from_le_bytes([raw[o], raw[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().unwrap_or([0; 4]));
         let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
-        if u32_at(0) != MAGIC || crc32c::crc32c(&raw[..64]) != u32_at(64) {
+        if u32_at(0) != MAGIC || crc32c::crc32c(&raw[..HEADER_LEN + 4]) != u32_at(HEADER_LEN + 4) {
             return None;
         }
         let kind = PageKind::from_code(raw[4])?;
         let mut lbas = [NO_LBA; MAX_SECTORS_PER_PAGE];
-        for (i, lba) in lbas.iter_mut().enumerate() {
-            *lba = u32_at(28 + 4 * i);
+        let mut seq_delta = [0u32; MAX_SECTORS_PER_PAGE];
+        for i in 0..MAX_SECTORS_PER_PAGE {
+            lbas[i] = u32_at(28 + 4 * i);
+            seq_delta[i] = u32_at(60 + 4 * i);
         }
         let record = OobRecord {
             kind,
@@ -182,6 +200,7 @@ impl OobRecord {
             member_index: u16_at(24),
             member_count: u16_at(26),
             lbas,
+            seq_delta,
         };
         if record.kind == PageKind::Data && record.count as usize > MAX_SECTORS_PER_PAGE {
             return None;
@@ -191,7 +210,7 @@ impl OobRecord {
         }
         Some(DecodedOob {
             record,
-            crc: u32_at(60),
+            crc: u32_at(HEADER_LEN),
         })
     }
 }
@@ -259,6 +278,7 @@ mod tests {
         r.member_index = 4;
         r.member_count = 5;
         r.lbas[..3].copy_from_slice(&[10, 11, 900]);
+        r.seq_delta[..3].copy_from_slice(&[0, 5, 1 << 31]);
         r
     }
 
@@ -282,7 +302,8 @@ mod tests {
         assert!(OobRecord::decode(&[0u8; 128]).is_none());
         let mut oob = [0u8; 128];
         sample().encode(&[1, 2, 3], &mut oob);
-        for bit in [0usize, 5 * 8, 9 * 8 + 3, 30 * 8, 62 * 8, 66 * 8] {
+        assert_eq!(sample().slot_seq(2), 0x1234_5678_9abc + (1 << 31));
+        for bit in [0usize, 5 * 8, 9 * 8 + 3, 30 * 8, 62 * 8, 70 * 8, 94 * 8, 98 * 8] {
             let mut bad = oob;
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(OobRecord::decode(&bad).is_none(), "bit {bit} flip detected");

@@ -139,7 +139,7 @@ pub fn scan(io: &mut SlotIo, target: &ScanTarget<'_>, progress: &mut dyn FnMut(u
             let mut age = 0u64;
             for (p, pr) in recs[bi].iter().enumerate() {
                 let Some(r) = pr.rec else { continue };
-                out.max_seq = out.max_seq.max(r.seq);
+                out.max_seq = out.max_seq.max((0..r.count.min(8) as usize).map(|i| r.slot_seq(i)).fold(r.seq, u64::max));
                 let page = first_page + p as u32;
                 match r.kind {
                     PageKind::Data => {
@@ -149,11 +149,12 @@ pub fn scan(io: &mut SlotIo, target: &ScanTarget<'_>, progress: &mut dyn FnMut(u
                             }
                             continue;
                         }
-                        age = age.max(r.seq);
                         for (slot, &l) in r.lbas.iter().enumerate().take(r.count as usize) {
                             let l = l as u64;
-                            if l < num_sectors && r.seq > seqs[l as usize] {
-                                seqs[l as usize] = r.seq;
+                            let seq = r.slot_seq(slot);
+                            age = age.max(seq);
+                            if l < num_sectors && seq > seqs[l as usize] {
+                                seqs[l as usize] = seq;
                                 target.map.store(l, layout.phys(page, slot as u32));
                             }
                         }

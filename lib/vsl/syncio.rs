@@ -152,16 +152,6 @@ impl SlotIo {
         self.q.ring();
     }
 
-    /// Commands in flight.
-    pub fn outstanding(&self) -> usize {
-        self.q.outstanding()
-    }
-
-    /// Reaps completions (tag = slot).
-    pub fn poll(&mut self, f: impl FnMut(Completion)) -> usize {
-        self.q.poll(usize::MAX, f)
-    }
-
     /// Waits for at least one completion, handing each to `f`.
     pub fn wait_some(&mut self, what: &'static str, mut f: impl FnMut(Completion)) -> Result<(), VslError> {
         let start = Instant::now();
