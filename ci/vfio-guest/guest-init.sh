@@ -6,7 +6,8 @@
 #
 # Expected in the initramfs: /bin/busybox, /bin/iomem (static), kernel
 # modules in /lib/modules/*.ko, /etc/vfio-guest.conf (SERIAL, MODEL,
-# BENCH_SECONDS), and optionally fio with its libraries.
+# BENCH_SECONDS, FIO_PATH, FIO_LOADER, FIO_LIBDIRS); the host's /usr is offered over virtio-9p
+# (mount tag hostusr) for fio.
 
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin
@@ -35,6 +36,21 @@ for m in irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci nvme-auth nvme-c
 done
 ok modules "vfio, vfio_iommu_type1, vfio-pci, nvme loaded"
 
+# The host's /usr over virtio-9p, read-only: fio and its libraries.
+FIO=""
+mkdir -p /host/usr
+mount_host_usr() {
+    for m in netfs 9pnet 9pnet_virtio 9p; do
+        insmod "/lib/modules/$m.ko" 2>>/tmp/9p.err || return 1
+    done
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro hostusr /host/usr 2>>/tmp/9p.err
+}
+if mount_host_usr && [ -n "$FIO_PATH" ] && [ -x "/host$FIO_PATH" ] && [ -x "/host$FIO_LOADER" ]; then
+    FIO="/host$FIO_LOADER --library-path $FIO_LIBDIRS /host$FIO_PATH"
+else
+    say "no fio from the host's /usr ($(cat /tmp/9p.err 2>/dev/null)): no kernel-driver baseline"
+fi
+
 # The NVMe controller: class 0x010802.
 ADDR=""
 for d in /sys/bus/pci/devices/*; do
@@ -58,8 +74,8 @@ while [ ! -b /dev/nvme0n1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 FIO_IOPS=""
 if [ ! -b /dev/nvme0n1 ]; then
     bad kernel-nvme "/dev/nvme0n1 did not appear with the kernel nvme driver"
-elif [ -x /bin/fio ]; then
-    fio --name=kernel --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 \
+elif [ -n "$FIO" ]; then
+    $FIO --name=kernel --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 \
         --rw=randread --bs=4k --iodepth=32 --numjobs=1 --time_based \
         --runtime="$BENCH_SECONDS" --norandommap --minimal > /tmp/fio.out 2>/tmp/fio.err
     # Terse format v3: field 8 is read IOPS.
@@ -70,8 +86,6 @@ elif [ -x /bin/fio ]; then
         bad fio "fio produced no IOPS: $(cat /tmp/fio.err /tmp/fio.out | head -c 400)"
         FIO_IOPS=""
     fi
-else
-    say "fio not in the initramfs: no kernel-driver baseline"
 fi
 
 # 3. Bind to vfio-pci with the project's own tool.
