@@ -67,26 +67,31 @@ IR=$WORK/initramfs
 rm -rf "$IR" && mkdir -p "$IR"/{bin,dev,proc,sys,tmp,lib/modules}
 cp /bin/busybox "$IR/bin/busybox"
 : >"$IR/lib/modules/load.list"
-add_module() { # name: copies it and its dependencies, deepest first
-    local line rel dep
-    line=$(grep -E "/$1\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | head -n1) || true
-    [ -n "$line" ] || return 0 # built in
-    rel=${line%%:*}
-    for dep in $(echo "${line#*:}" | tr ' ' '\n' | tac); do
-        add_file "$dep"
-    done
-    add_file "$rel"
+# The .deb carries no modules.dep (depmod runs at install), so dependencies
+# come from each module's own .modinfo "depends=" record.
+modinfo_depends() {
+    case "$1" in
+    *.xz) xz -dc "$1" ;;
+    *.zst) zstd -qdc "$1" ;;
+    *) cat "$1" ;;
+    esac | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n1 | tr ',' ' '
 }
-add_file() {
-    local rel=$1 base
-    base=$(basename "$rel")
+add_module() { # name: copies it after its dependencies; built-in modules are skipped
+    local f dep base
+    f=$(find "$MODDIR/kernel" \( -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" \) | head -n1)
+    [ -n "$f" ] || f=$(find "$MODDIR/kernel" \( -name "${1//_/-}.ko" -o -name "${1//_/-}.ko.xz" -o -name "${1//_/-}.ko.zst" \) | head -n1)
+    [ -n "$f" ] || return 0
+    for dep in $(modinfo_depends "$f"); do
+        add_module "$dep"
+    done
+    base=$(basename "$f")
     base=${base%.xz}
     base=${base%.zst}
     grep -qx "$base" "$IR/lib/modules/load.list" && return 0
-    case "$rel" in
-    *.xz) xz -dc "$MODDIR/$rel" >"$IR/lib/modules/$base" ;;
-    *.zst) zstd -qdc "$MODDIR/$rel" >"$IR/lib/modules/$base" ;;
-    *) cp "$MODDIR/$rel" "$IR/lib/modules/$base" ;;
+    case "$f" in
+    *.xz) xz -dc "$f" >"$IR/lib/modules/$base" ;;
+    *.zst) zstd -qdc "$f" >"$IR/lib/modules/$base" ;;
+    *) cp "$f" "$IR/lib/modules/$base" ;;
     esac
     echo "$base" >>"$IR/lib/modules/load.list"
 }
@@ -103,7 +108,7 @@ for m in $(cat /lib/modules/load.list); do insmod /lib/modules/$m 2>/dev/null; d
 pass=0; fail=0
 step() { if [ "$2" = ok ]; then pass=$((pass+1)); else fail=$((fail+1)); fi; echo "GUEST-STEP $1: $2"; }
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-if [ -b /dev/vda ]; then step disk ok; else step disk FAILED; fi
+if [ -b /dev/vda ]; then step disk ok; else step disk FAILED; echo "serve-guest: $pass passed, $((fail+5)) failed"; poweroff -f; fi
 lbs=$(cat /sys/block/vda/queue/logical_block_size 2>/dev/null)
 echo "guest: logical block size $lbs, queues $(ls /sys/block/vda/mq 2>/dev/null | wc -l), size $(cat /sys/block/vda/size) sectors"
 [ "$(ls /sys/block/vda/mq 2>/dev/null | wc -l)" = 2 ] && step multiqueue ok || step multiqueue FAILED
