@@ -12,6 +12,7 @@ mod bench;
 mod latency;
 mod selftest;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use iomemory::nvme::nvm::Namespace;
@@ -41,6 +42,9 @@ pub struct IdentifyArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// sysfs root to read (for recorded trees).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sysfs: std::path::PathBuf,
 }
 
 /// Runs an `iomem nvme` subcommand.
@@ -89,7 +93,10 @@ pub fn open_controller(address: PciAddress) -> Result<NvmeOverVfio, String> {
 /// The BARs of a device that is not driven: when it is on vfio-pci, from
 /// VFIO with bus mastering left off, and each memory BAR mapped (never
 /// read) to show it is reachable; otherwise from sysfs.
-fn inspect_bars(device: &PciDevice, root: &SysfsRoot) -> Result<(Vec<vfio::BarInfo>, String), String> {
+fn inspect_bars(
+    device: &PciDevice,
+    root: &SysfsRoot,
+) -> Result<(Vec<vfio::BarInfo>, String), String> {
     if device.driver.as_deref() == Some(pci::VFIO_PCI_DRIVER) {
         let opened = VfioPciDevice::open_inspect(device.address).map_err(|e| e.to_string())?;
         let bars = opened.bars().map_err(|e| e.to_string())?;
@@ -101,16 +108,23 @@ fn inspect_bars(device: &PciDevice, root: &SysfsRoot) -> Result<(Vec<vfio::BarIn
         let note = if mapped.is_empty() {
             "no BAR can be mmapped through VFIO".to_owned()
         } else {
-            format!("mapped through VFIO (bus mastering off): {}", mapped.join(", "))
+            format!(
+                "mapped through VFIO (bus mastering off): {}",
+                mapped.join(", ")
+            )
         };
         return Ok((bars, note));
     }
-    let bars = vfio::sysfs_bars(root, device.address).map_err(|e| e.to_string())?;
-    let note = format!(
-        "BARs from sysfs; `iomem bind {}` lets them be mapped through VFIO",
-        device.address
-    );
-    Ok((bars, note))
+    match vfio::sysfs_bars(root, device.address) {
+        Ok(bars) => Ok((
+            bars,
+            format!(
+                "BARs from sysfs; `iomem bind {}` lets them be mapped through VFIO",
+                device.address
+            ),
+        )),
+        Err(e) => Ok((Vec::new(), format!("BAR layout unknown: {e}"))),
+    }
 }
 
 fn identity_line(device: &PciDevice) -> String {
@@ -123,14 +137,25 @@ fn identity_line(device: &PciDevice) -> String {
         device.subsystem_vendor,
         device.subsystem_device,
         device.driver.as_deref().unwrap_or("none"),
-        device.iommu_group.map_or("none".to_owned(), |g| g.to_string()),
+        device
+            .iommu_group
+            .map_or("none".to_owned(), |g| g.to_string()),
     )
 }
 
 /// Runs `iomem nvme identify`.
 pub fn identify(args: IdentifyArgs) -> Result<ExitCode, String> {
-    let address: PciAddress = args.address.parse().map_err(|e: pci::PciError| e.to_string())?;
-    let root = SysfsRoot::default();
+    let mut out = std::io::stdout().lock();
+    identify_to(args, &mut out)
+}
+
+/// `iomem nvme identify`, writing to `out`.
+pub fn identify_to(args: IdentifyArgs, out: &mut dyn Write) -> Result<ExitCode, String> {
+    let address: PciAddress = args
+        .address
+        .parse()
+        .map_err(|e: pci::PciError| e.to_string())?;
+    let root = SysfsRoot::new(args.sysfs.clone(), "/proc/self/mounts");
     let device = pci::read_device(&root, address).map_err(|e| e.to_string())?;
     if let DeviceKind::IoMemory(model) = &device.kind {
         // A real card: say what it is and what its BARs are, then plainly
@@ -148,14 +173,24 @@ pub fn identify(args: IdentifyArgs) -> Result<ExitCode, String> {
                 "protocol_supported": false,
                 "note": reason,
             });
-            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            )
+            .map_err(io_err)?;
         } else {
-            println!("{}", identity_line(&device));
-            print!("{}", vfio::render_bars(&bars));
-            println!("{bar_note}");
-            println!("{reason}");
+            writeln!(out, "{}", identity_line(&device)).map_err(io_err)?;
+            write!(out, "{}", vfio::render_bars(&bars)).map_err(io_err)?;
+            writeln!(out, "{bar_note}").map_err(io_err)?;
+            writeln!(out, "{reason}").map_err(io_err)?;
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if root != SysfsRoot::default() {
+        return Err(format!(
+            "{address} is an NVMe controller in a recorded sysfs tree; only a live device can be identified over VFIO"
+        ));
     }
     let nvme = open_controller(address)?;
     let id = nvme.identity().clone();
@@ -173,26 +208,38 @@ pub fn identify(args: IdentifyArgs) -> Result<ExitCode, String> {
             "controller": id,
             "namespaces": namespaces,
         });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+        )
+        .map_err(io_err)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", identity_line(nvme.device().pci()));
-    print!("{}", vfio::render_bars(&bars));
-    println!("Model: {}", id.model);
-    println!("Serial: {}", id.serial);
-    println!("Firmware: {}", id.firmware);
-    println!(
+    writeln!(out, "{}", identity_line(nvme.device().pci())).map_err(io_err)?;
+    write!(out, "{}", vfio::render_bars(&bars)).map_err(io_err)?;
+    writeln!(out, "Model: {}", id.model).map_err(io_err)?;
+    writeln!(out, "Serial: {}", id.serial).map_err(io_err)?;
+    writeln!(out, "Firmware: {}", id.firmware).map_err(io_err)?;
+    writeln!(
+        out,
         "NVMe {}, controller id {}, max transfer {}, volatile write cache {}",
         id.version_string(),
         id.cntlid,
-        id.max_transfer().map_or("unlimited".to_owned(), |b| format!("{} KiB", b / 1024)),
+        id.max_transfer()
+            .map_or("unlimited".to_owned(), |b| format!("{} KiB", b / 1024)),
         if id.volatile_write_cache { "yes" } else { "no" }
-    );
-    println!("Subsystem NQN: {}", id.subnqn);
+    )
+    .map_err(io_err)?;
+    writeln!(out, "Subsystem NQN: {}", id.subnqn).map_err(io_err)?;
     for ns in &namespaces {
-        println!("{}", describe_namespace(ns));
+        writeln!(out, "{}", describe_namespace(ns)).map_err(io_err)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn io_err(e: std::io::Error) -> String {
+    format!("cannot write the report: {e}")
 }
 
 /// One line describing a namespace.
@@ -213,7 +260,11 @@ pub fn describe_namespace(ns: &Namespace) -> String {
         ns.blocks,
         ns.block_size,
         ns.capacity_bytes() >> 20,
-        if ns.deallocate_reads_zeroes { ", deallocated blocks read as zeroes" } else { "" }
+        if ns.deallocate_reads_zeroes {
+            ", deallocated blocks read as zeroes"
+        } else {
+            ""
+        }
     )
 }
 
@@ -228,9 +279,13 @@ mod tests {
         assert_eq!(t.nsid, Some(2));
         let t = parse_target("00:03.0").unwrap();
         assert_eq!(t.nsid, None);
-        assert!(parse_target("00:03.0/0").unwrap_err().contains("namespace id"));
+        assert!(parse_target("00:03.0/0")
+            .unwrap_err()
+            .contains("namespace id"));
         assert!(parse_target("00:03.0/x").is_err());
-        assert!(parse_target("nonsense").unwrap_err().contains("invalid PCI address"));
+        assert!(parse_target("nonsense")
+            .unwrap_err()
+            .contains("invalid PCI address"));
     }
 
     #[test]
@@ -238,9 +293,67 @@ mod tests {
         let err = identify(IdentifyArgs {
             address: "7ffe:1f:1f.7".into(),
             json: false,
+            sysfs: "/sys".into(),
         })
         .unwrap_err();
         assert!(err.contains("no PCI device 7ffe:1f:1f.7"), "{err}");
+    }
+
+    fn fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/sys")
+    }
+
+    #[test]
+    fn a_real_card_is_identified_then_plainly_not_driven() {
+        let mut out = Vec::new();
+        let code = identify_to(
+            IdentifyArgs {
+                address: "0000:04:00.0".into(),
+                json: false,
+                sysfs: fixture(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("HP IO Accelerator (ioDrive2)"), "{text}");
+        assert!(text.contains("1aed:2001 (subsystem 103c:176f)"), "{text}");
+        assert!(text.contains("driver iomemory-vsl"), "{text}");
+        assert!(
+            text.contains("BAR layout unknown") || text.contains("BAR0"),
+            "{text}"
+        );
+        let last = text.lines().last().unwrap();
+        assert!(last.starts_with("command protocol not supported"), "{text}");
+
+        let mut out = Vec::new();
+        identify_to(
+            IdentifyArgs {
+                address: "0000:04:00.0".into(),
+                json: true,
+                sysfs: fixture(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["protocol_supported"], false);
+        assert_eq!(v["device"]["vendor"], "1aed");
+    }
+
+    #[test]
+    fn a_recorded_nvme_controller_is_not_opened() {
+        let err = identify_to(
+            IdentifyArgs {
+                address: "0000:01:00.0".into(),
+                json: false,
+                sysfs: fixture(),
+            },
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.contains("recorded sysfs tree"), "{err}");
     }
 
     #[test]

@@ -147,7 +147,9 @@ pub enum NvmError {
     #[error("queue full: every command slot is in flight; poll completions and retry")]
     QueueFull,
     /// A synchronous command was asked for on a queue with commands in flight.
-    #[error("queue {qid} has {outstanding} commands in flight; synchronous commands need an idle queue")]
+    #[error(
+        "queue {qid} has {outstanding} commands in flight; synchronous commands need an idle queue"
+    )]
     QueueBusy {
         /// The queue.
         qid: u16,
@@ -212,6 +214,9 @@ mod tests {
             blocks: 4,
             capacity: 12,
         };
-        assert_eq!(e.to_string(), "LBAs 10..14 are outside namespace 1 of 12 blocks");
+        assert_eq!(
+            e.to_string(),
+            "LBAs 10..14 are outside namespace 1 of 12 blocks"
+        );
     }
 }

@@ -294,7 +294,12 @@ mod tests {
         assert_eq!(bars.len(), 3);
         assert_eq!(bars[0].index, 0);
         assert_eq!(bars[0].size, 64 << 10);
-        assert_eq!(bars[0].kind, Some(BarType::Memory32 { prefetchable: false }));
+        assert_eq!(
+            bars[0].kind,
+            Some(BarType::Memory32 {
+                prefetchable: false
+            })
+        );
         assert_eq!(bars[1].index, 2);
         assert_eq!(bars[1].start, 0xe000_0000);
         assert_eq!(bars[1].size, 2 << 20);

@@ -67,7 +67,9 @@ impl IommuContainer {
 fn os_error(e: &vfio_ioctls::VfioError) -> std::io::Error {
     use vfio_ioctls::VfioError as E;
     match e {
-        E::IommuDmaMap(sys) | E::IommuDmaUnmap(sys) => std::io::Error::from_raw_os_error(sys.errno()),
+        E::IommuDmaMap(sys) | E::IommuDmaUnmap(sys) => {
+            std::io::Error::from_raw_os_error(sys.errno())
+        }
         other => std::io::Error::other(other.to_string()),
     }
 }

@@ -25,7 +25,8 @@ use crate::dma::IovaSpace;
 use crate::pci::{PciAddress, PciDevice};
 
 /// `VFIO_DEVICE_RESET` = `_IO(VFIO_TYPE, VFIO_BASE + 11)` (linux/vfio.h).
-const VFIO_DEVICE_RESET: libc::c_ulong = ((VFIO_TYPE as libc::c_ulong) << 8) | (VFIO_BASE as libc::c_ulong + 11);
+const VFIO_DEVICE_RESET: libc::c_ulong =
+    ((VFIO_TYPE as libc::c_ulong) << 8) | (VFIO_BASE as libc::c_ulong + 11);
 
 /// Number of BAR regions of a PCI device (VFIO region indices 0..=5).
 pub const BAR_COUNT: u32 = 6;
@@ -205,6 +206,17 @@ impl VfioPciDevice {
     /// [`preflight`]), container with the type1v2 IOMMU, group, device;
     /// resets it and enables memory decoding and bus mastering.
     pub fn open(address: PciAddress) -> Result<Self, VfioError> {
+        Self::open_with(address, true)
+    }
+
+    /// Opens the device for inspection only: reset and memory decoding,
+    /// but bus mastering stays off, so the device cannot DMA. For devices
+    /// whose protocol is not driven (real ioMemory cards).
+    pub fn open_inspect(address: PciAddress) -> Result<Self, VfioError> {
+        Self::open_with(address, false)
+    }
+
+    fn open_with(address: PciAddress, bus_master: bool) -> Result<Self, VfioError> {
         let env = VfioEnv::default();
         let pre = preflight(&env, address)?;
         let group = pre.group;
@@ -242,7 +254,11 @@ impl VfioPciDevice {
             });
         }
         inner.reset_supported = inner.reset()?;
-        inner.update_command(config::COMMAND_MEMORY | config::COMMAND_BUS_MASTER, 0)?;
+        if bus_master {
+            inner.update_command(config::COMMAND_MEMORY | config::COMMAND_BUS_MASTER, 0)?;
+        } else {
+            inner.update_command(config::COMMAND_MEMORY, config::COMMAND_BUS_MASTER)?;
+        }
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -268,12 +284,13 @@ impl VfioPciDevice {
         self.inner.reset_supported
     }
 
-    /// Resets the function. `Ok(false)` if it has no reset method. Bus
-    /// mastering is enabled again afterwards.
+    /// Resets the function. `Ok(false)` if it has no reset method. Memory
+    /// decoding and bus mastering are restored to what they were.
     pub fn reset(&self) -> Result<bool, VfioError> {
+        let before = self.inner.read_u16(config::COMMAND)?;
         let done = self.inner.reset()?;
-        self.inner
-            .update_command(config::COMMAND_MEMORY | config::COMMAND_BUS_MASTER, 0)?;
+        let keep = config::COMMAND_MEMORY | config::COMMAND_BUS_MASTER;
+        self.inner.update_command(before & keep, !before & keep)?;
         Ok(done)
     }
 
@@ -324,7 +341,11 @@ impl VfioPciDevice {
             let region = self.region(index);
             let low = self.config_read_u32(config::BAR0 + 4 * index as u64)?;
             let kind = decode_bar(low);
-            let step = if matches!(kind, Some(BarType::Memory64 { .. })) { 2 } else { 1 };
+            let step = if matches!(kind, Some(BarType::Memory64 { .. })) {
+                2
+            } else {
+                1
+            };
             if region.size > 0 {
                 let mut start = u64::from(low & if low & 1 == 1 { !0x3 } else { !0xf });
                 if step == 2 && index + 1 < BAR_COUNT {
@@ -378,7 +399,10 @@ mod tests {
         // Address 00:1f.7 on a high domain exists on no machine we run on.
         let address: PciAddress = "7ffe:1f:1f.7".parse().unwrap();
         let err = VfioPciDevice::open(address).unwrap_err();
-        assert!(err.to_string().contains("no PCI device 7ffe:1f:1f.7"), "{err}");
+        assert!(
+            err.to_string().contains("no PCI device 7ffe:1f:1f.7"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -390,7 +414,11 @@ mod tests {
             .ok()
             .and_then(|mut d| d.next())
             .and_then(|e| e.ok())
-            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<PciAddress>().ok()))
+            .and_then(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<PciAddress>().ok())
+            })
         else {
             return;
         };
@@ -402,12 +430,16 @@ mod tests {
         assert!(
             matches!(
                 err,
-                VfioError::NoIommu { .. } | VfioError::NotBoundToVfio { .. } | VfioError::NoVfio { .. }
+                VfioError::NoIommu { .. }
+                    | VfioError::NotBoundToVfio { .. }
+                    | VfioError::NoVfio { .. }
             ),
             "{text}"
         );
         assert!(
-            text.contains("intel_iommu=on") || text.contains("iomem bind") || text.contains("modprobe"),
+            text.contains("intel_iommu=on")
+                || text.contains("iomem bind")
+                || text.contains("modprobe"),
             "{text}"
         );
     }

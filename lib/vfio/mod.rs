@@ -168,6 +168,15 @@ pub enum VfioError {
         /// Why nothing is attempted.
         reason: &'static str,
     },
+    /// An NVM command (identify) failed.
+    #[error("{address}: {source}")]
+    Command {
+        /// The device.
+        address: PciAddress,
+        /// The command error.
+        #[source]
+        source: crate::nvme::nvm::NvmError,
+    },
     /// Controller bring-up or an admin command failed.
     #[error("{address}: {source}")]
     Nvme {
@@ -198,7 +207,11 @@ impl VfioError {
                 (std::io::ErrorKind::PermissionDenied, _) => Self::Permission {
                     path: PathBuf::from("/dev/vfio/vfio"),
                 },
-                _ => Self::Vfio { address, what, source },
+                _ => Self::Vfio {
+                    address,
+                    what,
+                    source,
+                },
             },
             E::OpenGroup(e, _) => {
                 let path = PathBuf::from(format!("/dev/vfio/{group}"));
@@ -206,7 +219,11 @@ impl VfioError {
                     (std::io::ErrorKind::NotFound, _) => Self::GroupNodeMissing { address, path },
                     (std::io::ErrorKind::PermissionDenied, _) => Self::Permission { path },
                     (_, Some(libc::EBUSY)) => Self::DeviceBusy { address },
-                    _ => Self::Vfio { address, what, source },
+                    _ => Self::Vfio {
+                        address,
+                        what,
+                        source,
+                    },
                 }
             }
             E::GroupViable => Self::GroupNotViableUnexplained { address, group },
@@ -214,7 +231,11 @@ impl VfioError {
                 Self::UnsupportedIommu
             }
             E::GroupGetDeviceFD(e) if e.errno() == libc::EBUSY => Self::DeviceBusy { address },
-            _ => Self::Vfio { address, what, source },
+            _ => Self::Vfio {
+                address,
+                what,
+                source,
+            },
         }
     }
 }
@@ -230,7 +251,12 @@ mod tests {
     #[test]
     fn crate_errors_become_actionable_variants() {
         let nf = || std::io::Error::from(std::io::ErrorKind::NotFound);
-        let e = VfioError::from_crate(addr(), 5, "open", vfio_ioctls::VfioError::OpenContainer(nf()));
+        let e = VfioError::from_crate(
+            addr(),
+            5,
+            "open",
+            vfio_ioctls::VfioError::OpenContainer(nf()),
+        );
         assert!(matches!(e, VfioError::NoVfio { .. }), "{e}");
         assert!(e.to_string().contains("modprobe vfio-pci"), "{e}");
 
@@ -255,7 +281,10 @@ mod tests {
         assert!(e.to_string().contains("another process"), "{e}");
 
         let e = VfioError::from_crate(addr(), 5, "open", vfio_ioctls::VfioError::GroupViable);
-        assert!(e.to_string().contains("/sys/kernel/iommu_groups/5/devices"), "{e}");
+        assert!(
+            e.to_string().contains("/sys/kernel/iommu_groups/5/devices"),
+            "{e}"
+        );
 
         let e = VfioError::from_crate(addr(), 5, "open", vfio_ioctls::VfioError::VfioExtension);
         assert!(matches!(e, VfioError::UnsupportedIommu), "{e}");

@@ -86,15 +86,11 @@ impl NvmeOverVfio {
         let bar0 = device.map_bar(0)?;
         let space = device.dma_space();
         let nvme_err = |source| VfioError::Nvme { address, source };
-        let controller =
-            Controller::enable(bar0.mmio(), Arc::clone(&space), options.admin_depth).map_err(nvme_err)?;
+        let controller = Controller::enable(bar0.mmio(), Arc::clone(&space), options.admin_depth)
+            .map_err(nvme_err)?;
         let identity = identify_controller(&controller).map_err(|e| match e {
             NvmError::Nvme(source) => VfioError::Nvme { address, source },
-            other => VfioError::Io {
-                address,
-                what: "identify controller",
-                source: std::io::Error::other(other.to_string()),
-            },
+            source => VfioError::Command { address, source },
         })?;
         Ok(Self {
             device,
@@ -144,10 +140,12 @@ impl NvmeOverVfio {
     /// Orderly shutdown (CC.SHN): the controller finishes and persists what
     /// it accepted. Drop every I/O queue pair first.
     pub fn shutdown(&self) -> Result<(), VfioError> {
-        self.controller.shutdown().map_err(|source| VfioError::Nvme {
-            address: self.device.address(),
-            source,
-        })
+        self.controller
+            .shutdown()
+            .map_err(|source| VfioError::Nvme {
+                address: self.device.address(),
+                source,
+            })
     }
 }
 
@@ -189,7 +187,11 @@ mod tests {
     fn only_nvme_controllers_are_driven() {
         check_drivable(&device(0x1b36, 0x0010, 0x010802)).unwrap();
         let err = check_drivable(&device(0x8086, 0x1521, 0x020000)).unwrap_err();
-        assert!(err.to_string().contains("not an NVMe controller (class 020000)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not an NVMe controller (class 020000)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -202,10 +204,16 @@ mod tests {
         );
         let dev = read_device(&root, "0000:03:00.0".parse().unwrap()).unwrap();
         let err = check_drivable(&dev).unwrap_err();
-        assert!(err.to_string().contains("command protocol not supported"), "{err}");
+        assert!(
+            err.to_string().contains("command protocol not supported"),
+            "{err}"
+        );
         // An address no host has: a clear not-found error.
         let err = NvmeOverVfio::open("7ffe:1f:1f.7".parse().unwrap(), NvmeVfioOptions::default())
             .unwrap_err();
-        assert!(err.to_string().contains("no PCI device 7ffe:1f:1f.7"), "{err}");
+        assert!(
+            err.to_string().contains("no PCI device 7ffe:1f:1f.7"),
+            "{err}"
+        );
     }
 }

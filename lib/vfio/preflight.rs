@@ -132,13 +132,7 @@ mod tests {
 
     /// A minimal sysfs device entry; `driver` and `group` as recorded trees
     /// store links (a file holding the target).
-    fn add_device(
-        sys: &Path,
-        addr: &str,
-        class: &str,
-        driver: Option<&str>,
-        group: Option<u32>,
-    ) {
+    fn add_device(sys: &Path, addr: &str, class: &str, driver: Option<&str>, group: Option<u32>) {
         let dir = sys.join("bus/pci/devices").join(addr);
         fs::create_dir_all(&dir).unwrap();
         for (name, value) in [
@@ -151,11 +145,18 @@ mod tests {
             fs::write(dir.join(name), format!("{value}\n")).unwrap();
         }
         if let Some(driver) = driver {
-            fs::write(dir.join("driver"), format!("../../../bus/pci/drivers/{driver}\n")).unwrap();
+            fs::write(
+                dir.join("driver"),
+                format!("../../../bus/pci/drivers/{driver}\n"),
+            )
+            .unwrap();
         }
         if let Some(group) = group {
-            fs::write(dir.join("iommu_group"), format!("../../../kernel/iommu_groups/{group}\n"))
-                .unwrap();
+            fs::write(
+                dir.join("iommu_group"),
+                format!("../../../kernel/iommu_groups/{group}\n"),
+            )
+            .unwrap();
             let members = sys.join(format!("kernel/iommu_groups/{group}/devices"));
             fs::create_dir_all(&members).unwrap();
             fs::write(members.join(addr), "").unwrap();
@@ -216,7 +217,8 @@ mod tests {
         let f = fixture(true);
         let err = preflight(&f.env, addr("0000:00:04.0")).unwrap_err();
         assert!(
-            err.to_string().contains("bound to nvme, not vfio-pci; run `iomem bind 0000:00:04.0`"),
+            err.to_string()
+                .contains("bound to nvme, not vfio-pci; run `iomem bind 0000:00:04.0`"),
             "{err}"
         );
     }
@@ -233,7 +235,10 @@ mod tests {
     fn an_absent_device_is_reported_by_address() {
         let f = fixture(true);
         let err = preflight(&f.env, addr("0000:00:09.0")).unwrap_err();
-        assert!(err.to_string().contains("no PCI device 0000:00:09.0"), "{err}");
+        assert!(
+            err.to_string().contains("no PCI device 0000:00:09.0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -242,7 +247,10 @@ mod tests {
         fs::remove_file(f.env.dev_vfio.join("7")).unwrap();
         let err = preflight(&f.env, addr("0000:00:03.0")).unwrap_err();
         assert!(matches!(err, VfioError::GroupNodeMissing { .. }), "{err}");
-        assert!(err.to_string().contains("dev-vfio/7 does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("dev-vfio/7 does not exist"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -252,7 +260,12 @@ mod tests {
         add_device(&sys, "0000:00:03.1", "0x020000", Some("igb"), Some(7));
         let err = preflight(&f.env, addr("0000:00:03.0")).unwrap_err();
         match &err {
-            VfioError::GroupNotViable { peer, driver, group, .. } => {
+            VfioError::GroupNotViable {
+                peer,
+                driver,
+                group,
+                ..
+            } => {
                 assert_eq!(*peer, addr("0000:00:03.1"));
                 assert_eq!(driver, "igb");
                 assert_eq!(*group, 7);

@@ -142,7 +142,10 @@ pub fn plan(args: &BenchArgs, ns: &Namespace) -> Result<Plan, String> {
         return Err(format!("--iodepth {} must be in 1..=1023", args.iodepth));
     }
     if !(args.runtime > 0.0 && args.runtime <= 86_400.0) {
-        return Err(format!("--runtime {} must be in (0, 86400] seconds", args.runtime));
+        return Err(format!(
+            "--runtime {} must be in (0, 86400] seconds",
+            args.runtime
+        ));
     }
     if args.jobs == 0 || args.jobs > 64 {
         return Err(format!("--jobs {} must be in 1..=64", args.jobs));
@@ -250,7 +253,9 @@ fn run_job(
         let mut failed = None;
         qp.poll(depth, |tag, cqe| {
             let slot = tag as usize;
-            result.latency.record(started[slot].elapsed().as_nanos() as u64);
+            result
+                .latency
+                .record(started[slot].elapsed().as_nanos() as u64);
             if cqe.is_success() {
                 result.ios += 1;
             } else if failed.is_none() {
@@ -275,7 +280,10 @@ fn run_job(
         }
         if stopping && Instant::now() >= deadline + Duration::from_secs(10) {
             result.error.get_or_insert_with(|| {
-                format!("{} commands did not complete within 10 s of the end", qp.outstanding())
+                format!(
+                    "{} commands did not complete within 10 s of the end",
+                    qp.outstanding()
+                )
             });
             break;
         }
@@ -382,7 +390,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
             },
             "cpu_ns_per_io": cpu_per_io,
         });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+        );
     } else {
         println!(
             "{}: {:.0} IOPS, {:.1} MB/s, {} I/Os in {:.2} s",

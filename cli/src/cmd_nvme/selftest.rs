@@ -164,8 +164,16 @@ fn plan_ios(base: u64, span: u64, block: usize) -> Vec<Io> {
     let mut i = 0;
     while lba < base + span {
         let blocks = sizes[i % sizes.len()].min(base + span - lba);
-        let offset = if i % sizes.len() == 3 { 4096 - (block / 2).min(2048) } else { 0 };
-        ios.push(Io { slba: lba, blocks, offset });
+        let offset = if i % sizes.len() == 3 {
+            4096 - (block / 2).min(2048)
+        } else {
+            0
+        };
+        ios.push(Io {
+            slba: lba,
+            blocks,
+            offset,
+        });
         lba += blocks;
         i += 1;
     }
@@ -201,7 +209,10 @@ fn pattern_test(
     let block = ns.block_size as usize;
     let span = (256 * 1024 / block as u64).min(ns.blocks / queues as u64);
     if span == 0 {
-        return Err(format!("namespace {} is too small for {queues} regions", ns.nsid));
+        return Err(format!(
+            "namespace {} is too small for {queues} regions",
+            ns.nsid
+        ));
     }
     let seed = 0x5e1f_7e57;
     let qps: Vec<QueuePair> = (0..queues)
@@ -244,7 +255,8 @@ fn pattern_test(
                     let mut bufs: Vec<DmaBuf> = Vec::new();
                     for _ in &read_ios {
                         let mut buf = pool.alloc().ok_or("DMA buffer pool exhausted")?;
-                        buf.write_at(0, &vec![0xee; buf.len()]).map_err(|e| e.to_string())?;
+                        buf.write_at(0, &vec![0xee; buf.len()])
+                            .map_err(|e| e.to_string())?;
                         bufs.push(buf);
                     }
                     let cmds: Vec<NvmCommand> = read_ios
@@ -261,7 +273,8 @@ fn pattern_test(
                     for (io, buf) in read_ios.iter().zip(&bufs) {
                         let want = pattern_range(io.slba, io.blocks, seed, block);
                         let mut got = vec![0u8; want.len()];
-                        buf.read_at(io.offset, &mut got).map_err(|e| e.to_string())?;
+                        buf.read_at(io.offset, &mut got)
+                            .map_err(|e| e.to_string())?;
                         if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                             return Err(format!(
                                 "queue {}: LBA {} byte {} reads {:#04x}, wrote {:#04x}",
@@ -280,7 +293,10 @@ fn pattern_test(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a queue thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a queue thread panicked".into()))
+            })
             .collect()
     });
     let mut total = 0;
@@ -306,13 +322,25 @@ fn read_back(
     slba: u64,
     blocks: u64,
 ) -> Result<Vec<u8>, String> {
-    one(qp, ns, NvmCommand::Read { slba, blocks, iova: buf.iova() })?;
+    one(
+        qp,
+        ns,
+        NvmCommand::Read {
+            slba,
+            blocks,
+            iova: buf.iova(),
+        },
+    )?;
     let mut out = vec![0u8; blocks as usize * ns.block_size as usize];
     buf.read_at(0, &mut out).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
-fn deallocate_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<String, String> {
+fn deallocate_test(
+    qp: &mut QueuePair,
+    ns: &Namespace,
+    pool: &Arc<DmaPool>,
+) -> Result<String, String> {
     if !ns.deallocate_reads_zeroes {
         return Err(format!(
             "namespace {} does not report that deallocated blocks read as zeroes (DLFEAT)",
@@ -323,18 +351,34 @@ fn deallocate_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> R
     let blocks = (32 * 1024 / block as u64).max(2);
     let slba = ns.blocks - blocks;
     let mut buf = pool.alloc().ok_or("DMA buffer pool exhausted")?;
-    buf.write_at(0, &pattern_range(slba, blocks, 7, block)).map_err(|e| e.to_string())?;
-    one(qp, ns, NvmCommand::Write { slba, blocks, iova: buf.iova() })?;
-    if read_back(qp, ns, &buf, slba, blocks)?.iter().all(|&b| b == 0) {
+    buf.write_at(0, &pattern_range(slba, blocks, 7, block))
+        .map_err(|e| e.to_string())?;
+    one(
+        qp,
+        ns,
+        NvmCommand::Write {
+            slba,
+            blocks,
+            iova: buf.iova(),
+        },
+    )?;
+    if read_back(qp, ns, &buf, slba, blocks)?
+        .iter()
+        .all(|&b| b == 0)
+    {
         return Err("the written pattern read back as zeroes before deallocation".into());
     }
     let half = (blocks / 2) as u32;
     let ranges = [
         LbaRange { slba, blocks: half },
-        LbaRange { slba: slba + u64::from(half), blocks: blocks as u32 - half },
+        LbaRange {
+            slba: slba + u64::from(half),
+            blocks: blocks as u32 - half,
+        },
     ];
     one(qp, ns, NvmCommand::Deallocate { ranges: &ranges })?;
-    buf.write_at(0, &vec![0xee; buf.len()]).map_err(|e| e.to_string())?;
+    buf.write_at(0, &vec![0xee; buf.len()])
+        .map_err(|e| e.to_string())?;
     let after = read_back(qp, ns, &buf, slba, blocks)?;
     match after.iter().position(|&b| b != 0) {
         None => Ok(format!(
@@ -350,8 +394,21 @@ fn deallocate_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> R
     }
 }
 
-fn report(qp: &mut QueuePair, ns: &Namespace, buf: &DmaBuf, slba: u64) -> Result<ZoneReport, String> {
-    one(qp, ns, NvmCommand::ReportZones { slba, iova: buf.iova(), len: 4096 })?;
+fn report(
+    qp: &mut QueuePair,
+    ns: &Namespace,
+    buf: &DmaBuf,
+    slba: u64,
+) -> Result<ZoneReport, String> {
+    one(
+        qp,
+        ns,
+        NvmCommand::ReportZones {
+            slba,
+            iova: buf.iova(),
+            len: 4096,
+        },
+    )?;
     let mut raw = vec![0u8; 4096];
     buf.read_at(0, &mut raw).map_err(|e| e.to_string())?;
     ZoneReport::parse(&raw).map_err(|e| e.to_string())
@@ -360,11 +417,26 @@ fn report(qp: &mut QueuePair, ns: &Namespace, buf: &DmaBuf, slba: u64) -> Result
 fn zone_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<String, String> {
     let zones = ns.zones.ok_or("no zone geometry")?;
     let block = ns.block_size as usize;
-    let zslba = if zones.zone_count > 1 { zones.zone_size } else { 0 };
+    let zslba = if zones.zone_count > 1 {
+        zones.zone_size
+    } else {
+        0
+    };
     let rep_buf = pool.alloc().ok_or("DMA buffer pool exhausted")?;
-    one(qp, ns, NvmCommand::ZoneSend { zslba: 0, action: ZoneAction::Reset, all: true })?;
+    one(
+        qp,
+        ns,
+        NvmCommand::ZoneSend {
+            zslba: 0,
+            action: ZoneAction::Reset,
+            all: true,
+        },
+    )?;
     let z = report(qp, ns, &rep_buf, zslba)?;
-    let first = z.descriptors.first().ok_or("report zones returned no zone")?;
+    let first = z
+        .descriptors
+        .first()
+        .ok_or("report zones returned no zone")?;
     if first.start != zslba || first.state != ZoneState::Empty || first.write_pointer != zslba {
         return Err(format!("after reset all, zone {zslba} reports {first:?}"));
     }
@@ -378,10 +450,20 @@ fn zone_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<
             .flat_map(|k| pattern_block(k, 100 + i as u64, block))
             .collect();
         buf.write_at(0, &data).map_err(|e| e.to_string())?;
-        let cqe = one(qp, ns, NvmCommand::ZoneAppend { zslba, blocks, iova: buf.iova() })?;
+        let cqe = one(
+            qp,
+            ns,
+            NvmCommand::ZoneAppend {
+                zslba,
+                blocks,
+                iova: buf.iova(),
+            },
+        )?;
         let lba = appended_lba(&cqe);
         if lba != expect {
-            return Err(format!("append #{i} of {blocks} blocks landed at LBA {lba}, expected {expect}"));
+            return Err(format!(
+                "append #{i} of {blocks} blocks landed at LBA {lba}, expected {expect}"
+            ));
         }
         written.push((lba, blocks, data));
         expect += blocks;
@@ -390,12 +472,17 @@ fn zone_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<
     let mut bufs = Vec::new();
     for i in 0..8u64 {
         let mut buf = pool.alloc().ok_or("DMA buffer pool exhausted")?;
-        buf.write_at(0, &pattern_block(i, 200, block)).map_err(|e| e.to_string())?;
+        buf.write_at(0, &pattern_block(i, 200, block))
+            .map_err(|e| e.to_string())?;
         bufs.push(buf);
     }
     let cmds: Vec<NvmCommand> = bufs
         .iter()
-        .map(|b| NvmCommand::ZoneAppend { zslba, blocks: 1, iova: b.iova() })
+        .map(|b| NvmCommand::ZoneAppend {
+            zslba,
+            blocks: 1,
+            iova: b.iova(),
+        })
         .collect();
     let cqes = run_all(qp, ns, &cmds)?;
     let mut lbas: Vec<u64> = cqes.iter().map(appended_lba).collect();
@@ -404,7 +491,10 @@ fn zone_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<
     }
     lbas.sort_unstable();
     if lbas != (expect..expect + 8).collect::<Vec<_>>() {
-        return Err(format!("8 concurrent appends landed at {lbas:?}, expected {expect}..{}", expect + 8));
+        return Err(format!(
+            "8 concurrent appends landed at {lbas:?}, expected {expect}..{}",
+            expect + 8
+        ));
     }
     expect += 8;
     let check = pool.alloc().ok_or("DMA buffer pool exhausted")?;
@@ -414,14 +504,31 @@ fn zone_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result<
         }
     }
     let z = report(qp, ns, &rep_buf, zslba)?;
-    let zone = z.descriptors.first().ok_or("report zones returned no zone")?;
+    let zone = z
+        .descriptors
+        .first()
+        .ok_or("report zones returned no zone")?;
     if zone.write_pointer != expect {
-        return Err(format!("write pointer {} after appends, expected {expect}", zone.write_pointer));
+        return Err(format!(
+            "write pointer {} after appends, expected {expect}",
+            zone.write_pointer
+        ));
     }
     let state_after_appends = zone.state;
-    one(qp, ns, NvmCommand::ZoneSend { zslba, action: ZoneAction::Reset, all: false })?;
+    one(
+        qp,
+        ns,
+        NvmCommand::ZoneSend {
+            zslba,
+            action: ZoneAction::Reset,
+            all: false,
+        },
+    )?;
     let z = report(qp, ns, &rep_buf, zslba)?;
-    let zone = z.descriptors.first().ok_or("report zones returned no zone")?;
+    let zone = z
+        .descriptors
+        .first()
+        .ok_or("report zones returned no zone")?;
     if zone.state != ZoneState::Empty || zone.write_pointer != zslba {
         return Err(format!("after reset, zone {zslba} reports {zone:?}"));
     }
@@ -484,7 +591,11 @@ fn status_text(cqe: &CompletionEntry) -> String {
     if cqe.is_success() {
         "success".into()
     } else {
-        format!("status {:#x}/{:#04x}", cqe.status_code().sct(), cqe.status_code().sc())
+        format!(
+            "status {:#x}/{:#04x}",
+            cqe.status_code().sct(),
+            cqe.status_code().sc()
+        )
     }
 }
 
@@ -496,20 +607,54 @@ fn iommu_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result
     let blocks = (4096 / block as u64).max(1);
     let (src, dst) = (0u64, blocks * 4);
     let mut buf = pool.alloc().ok_or("DMA buffer pool exhausted")?;
-    buf.write_at(0, &pattern_range(src, blocks, 9, block)).map_err(|e| e.to_string())?;
-    one(qp, ns, NvmCommand::Write { slba: src, blocks, iova: buf.iova() })?;
-    buf.write_at(0, &vec![0x11; 4096]).map_err(|e| e.to_string())?;
-    one(qp, ns, NvmCommand::Write { slba: dst, blocks, iova: buf.iova() })?;
+    buf.write_at(0, &pattern_range(src, blocks, 9, block))
+        .map_err(|e| e.to_string())?;
+    one(
+        qp,
+        ns,
+        NvmCommand::Write {
+            slba: src,
+            blocks,
+            iova: buf.iova(),
+        },
+    )?;
+    buf.write_at(0, &vec![0x11; 4096])
+        .map_err(|e| e.to_string())?;
+    one(
+        qp,
+        ns,
+        NvmCommand::Write {
+            slba: dst,
+            blocks,
+            iova: buf.iova(),
+        },
+    )?;
 
     let page = UnmappedPage::new(0xa5)?;
-    let read_into = exec_raw(qp, ns, NvmCommand::Read { slba: src, blocks, iova: page.iova() })?;
+    let read_into = exec_raw(
+        qp,
+        ns,
+        NvmCommand::Read {
+            slba: src,
+            blocks,
+            iova: page.iova(),
+        },
+    )?;
     if !page.all(0xa5) {
         return Err(format!(
             "a read into unmapped IOVA {:#x} changed host memory: the IOMMU did not block it",
             page.iova()
         ));
     }
-    let write_from = exec_raw(qp, ns, NvmCommand::Write { slba: dst, blocks, iova: page.iova() })?;
+    let write_from = exec_raw(
+        qp,
+        ns,
+        NvmCommand::Write {
+            slba: dst,
+            blocks,
+            iova: page.iova(),
+        },
+    )?;
     let back = read_back(qp, ns, &buf, dst, blocks)?;
     if back.iter().take(4096).all(|&b| b == 0xa5) {
         return Err(format!(
@@ -530,7 +675,11 @@ fn iommu_test(qp: &mut QueuePair, ns: &Namespace, pool: &Arc<DmaPool>) -> Result
 }
 
 /// Runs one command and returns its completion whatever the status.
-fn exec_raw(qp: &mut QueuePair, ns: &Namespace, cmd: NvmCommand<'_>) -> Result<CompletionEntry, String> {
+fn exec_raw(
+    qp: &mut QueuePair,
+    ns: &Namespace,
+    cmd: NvmCommand<'_>,
+) -> Result<CompletionEntry, String> {
     submit(qp, ns, &cmd, 0).map_err(|e| e.to_string())?;
     qp.ring();
     let deadline = Instant::now() + BATCH_TIMEOUT;
@@ -538,7 +687,10 @@ fn exec_raw(qp: &mut QueuePair, ns: &Namespace, cmd: NvmCommand<'_>) -> Result<C
     while out.is_none() {
         qp.poll(1, |_, cqe| out = Some(*cqe));
         if out.is_none() && Instant::now() > deadline {
-            return Err(format!("{} to an unmapped address never completed", cmd.name()));
+            return Err(format!(
+                "{} to an unmapped address never completed",
+                cmd.name()
+            ));
         }
     }
     Ok(out.unwrap_or_default())
@@ -555,7 +707,10 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, String> {
     if !(2..=64).contains(&args.queues) {
         return Err(format!("--queues {} must be in 2..=64", args.queues));
     }
-    let address = args.address.parse().map_err(|e: iomemory::pci::PciError| e.to_string())?;
+    let address = args
+        .address
+        .parse()
+        .map_err(|e: iomemory::pci::PciError| e.to_string())?;
     let mut rep = Report::default();
     let nvme = open_controller(address)?;
     rep.step("identify", check_identity(&nvme, &args));
@@ -573,13 +728,20 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, String> {
     }
     let pool = DmaPool::new(nvme.dma_space(), BIG_IO + 4096, 256).map_err(|e| e.to_string())?;
     match &conventional {
-        None => rep.step("pattern", Err("the controller has no NVM (conventional) namespace".into())),
+        None => rep.step(
+            "pattern",
+            Err("the controller has no NVM (conventional) namespace".into()),
+        ),
         Some(ns) => {
             rep.step("pattern", pattern_test(&nvme, ns, &pool, args.queues));
-            let mut qp = nvme.controller().create_io_queue_pair(16).map_err(|e| e.to_string())?;
+            let mut qp = nvme
+                .controller()
+                .create_io_queue_pair(16)
+                .map_err(|e| e.to_string())?;
             rep.step(
                 "flush",
-                one(&mut qp, ns, NvmCommand::Flush).map(|_| format!("namespace {} flushed", ns.nsid)),
+                one(&mut qp, ns, NvmCommand::Flush)
+                    .map(|_| format!("namespace {} flushed", ns.nsid)),
             );
             rep.step("deallocate", deallocate_test(&mut qp, ns, &pool));
             rep.step("iommu", iommu_test(&mut qp, ns, &pool));
@@ -588,12 +750,19 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, String> {
     match &zoned {
         None => rep.step("zones", Err("the controller has no zoned namespace".into())),
         Some(ns) => {
-            let mut qp = nvme.controller().create_io_queue_pair(16).map_err(|e| e.to_string())?;
+            let mut qp = nvme
+                .controller()
+                .create_io_queue_pair(16)
+                .map_err(|e| e.to_string())?;
             rep.step("zones", zone_test(&mut qp, ns, &pool));
         }
     }
     println!("selftest: {} passed, {} failed", rep.passed, rep.failed);
-    Ok(if rep.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rep.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -622,10 +791,14 @@ mod tests {
         }
         assert_eq!(lba, 1600);
         assert!(ios.iter().any(|io| io.blocks as usize * 512 == BIG_IO));
-        assert!(ios.iter().any(|io| io.offset != 0 && io.offset + 512 > 4096 - 256));
+        assert!(ios
+            .iter()
+            .any(|io| io.offset != 0 && io.offset + 512 > 4096 - 256));
         let ios = plan_ios(0, 64, 4096);
         assert_eq!(ios.iter().map(|io| io.blocks).sum::<u64>(), 64);
-        assert!(ios.iter().all(|io| io.offset + io.blocks as usize * 4096 <= BIG_IO + 4096));
+        assert!(ios
+            .iter()
+            .all(|io| io.offset + io.blocks as usize * 4096 <= BIG_IO + 4096));
     }
 
     #[test]

@@ -79,12 +79,13 @@ pub fn build_prps(iova: u64, len: u64, scratch: &Scratch) -> Result<(u64, u64), 
     for (i, entry) in list.iter_mut().take(pages as usize).enumerate() {
         *entry = next + i as u64 * PAGE_SIZE;
     }
-    let list_iova = scratch
-        .write_u64_list(&list[..pages as usize], 0)
-        .ok_or(NvmError::TransferTooLarge {
-            bytes: len,
-            max: first + MAX_PRP_TRANSFER,
-        })?;
+    let list_iova =
+        scratch
+            .write_u64_list(&list[..pages as usize], 0)
+            .ok_or(NvmError::TransferTooLarge {
+                bytes: len,
+                max: first + MAX_PRP_TRANSFER,
+            })?;
     Ok((iova, list_iova))
 }
 
@@ -252,9 +253,15 @@ mod tests {
         assert_eq!(build_prps(0x10_0000, 4096, &s).unwrap(), (0x10_0000, 0));
         assert_eq!(build_prps(0x10_0200, 512, &s).unwrap(), (0x10_0200, 0));
         // Two pages: PRP2 is the second page.
-        assert_eq!(build_prps(0x10_0000, 8192, &s).unwrap(), (0x10_0000, 0x10_1000));
+        assert_eq!(
+            build_prps(0x10_0000, 8192, &s).unwrap(),
+            (0x10_0000, 0x10_1000)
+        );
         // An offset buffer spilling into a second page.
-        assert_eq!(build_prps(0x10_0e00, 1024, &s).unwrap(), (0x10_0e00, 0x10_1000));
+        assert_eq!(
+            build_prps(0x10_0e00, 1024, &s).unwrap(),
+            (0x10_0e00, 0x10_1000)
+        );
         // Four pages: PRP2 points at a list of pages 2..4.
         let (p1, p2) = build_prps(0x20_0000, 16384, &s).unwrap();
         assert_eq!(p1, 0x20_0000);
@@ -269,12 +276,18 @@ mod tests {
         let s = fake.scratch();
         let max = (MAX_PRP_LIST_ENTRIES as u64 + 1) * PAGE_SIZE;
         assert!(build_prps(0x40_0000, max, &s).is_ok());
-        assert_eq!(fake.mem[MAX_PRP_LIST_ENTRIES - 1], 0x40_0000 + max - PAGE_SIZE);
+        assert_eq!(
+            fake.mem[MAX_PRP_LIST_ENTRIES - 1],
+            0x40_0000 + max - PAGE_SIZE
+        );
         assert!(matches!(
             build_prps(0x40_0000, max + 1, &s),
             Err(NvmError::TransferTooLarge { .. })
         ));
-        assert!(matches!(build_prps(0x40_0002, 512, &s), Err(NvmError::Misaligned { .. })));
+        assert!(matches!(
+            build_prps(0x40_0002, 512, &s),
+            Err(NvmError::Misaligned { .. })
+        ));
         assert!(matches!(build_prps(0x40_0000, 0, &s), Err(NvmError::Empty)));
     }
 
@@ -306,7 +319,10 @@ mod tests {
         let iova = write_dsm_ranges(
             &s,
             &[
-                LbaRange { slba: 0x10, blocks: 8 },
+                LbaRange {
+                    slba: 0x10,
+                    blocks: 8,
+                },
                 LbaRange {
                     slba: 0x1_0000_0000,
                     blocks: 1,

@@ -359,12 +359,24 @@ pub fn identify_raw(
 
 /// Identify Controller.
 pub fn identify_controller(ctrl: &Controller) -> Result<IdentifyController, NvmError> {
-    IdentifyController::parse(&identify_raw(ctrl, "identify controller", cns::CONTROLLER, 0, 0)?)
+    IdentifyController::parse(&identify_raw(
+        ctrl,
+        "identify controller",
+        cns::CONTROLLER,
+        0,
+        0,
+    )?)
 }
 
 /// Identify Namespace `nsid` (NVM command set fields).
 pub fn identify_namespace(ctrl: &Controller, nsid: u32) -> Result<IdentifyNamespace, NvmError> {
-    IdentifyNamespace::parse(&identify_raw(ctrl, "identify namespace", cns::NAMESPACE, nsid, 0)?)
+    IdentifyNamespace::parse(&identify_raw(
+        ctrl,
+        "identify namespace",
+        cns::NAMESPACE,
+        nsid,
+        0,
+    )?)
 }
 
 /// Active namespace ids, ascending.
@@ -400,13 +412,25 @@ pub fn identify_zoned_namespace(
     nsid: u32,
     formats: usize,
 ) -> Result<ZonedNamespace, NvmError> {
-    let d = identify_raw(ctrl, "identify zoned namespace", cns::CSI_NAMESPACE, nsid, csi::ZONED)?;
+    let d = identify_raw(
+        ctrl,
+        "identify zoned namespace",
+        cns::CSI_NAMESPACE,
+        nsid,
+        csi::ZONED,
+    )?;
     ZonedNamespace::parse(&d, formats)
 }
 
 /// ZNS Identify Controller.
 pub fn identify_zoned_controller(ctrl: &Controller) -> Result<ZonedController, NvmError> {
-    let d = identify_raw(ctrl, "identify zoned controller", cns::CSI_CONTROLLER, 0, csi::ZONED)?;
+    let d = identify_raw(
+        ctrl,
+        "identify zoned controller",
+        cns::CSI_CONTROLLER,
+        0,
+        csi::ZONED,
+    )?;
     ZonedController::parse(&d)
 }
 
@@ -453,7 +477,10 @@ mod tests {
         assert_eq!(id.subnqn, "nqn.2019-08.org.qemu:IOMEMCI0001");
         assert!(matches!(
             IdentifyController::parse(&[0u8; 100]),
-            Err(NvmError::ShortData { len: 100, need: 4096 })
+            Err(NvmError::ShortData {
+                len: 100,
+                need: 4096
+            })
         ));
     }
 

@@ -51,11 +51,7 @@ pub struct Namespace {
 impl Namespace {
     /// Identifies namespace `nsid` of `ctrl` (NVM fields, command set, and
     /// for a zoned namespace its zone layout).
-    pub fn probe(
-        ctrl: &Controller,
-        id: &IdentifyController,
-        nsid: u32,
-    ) -> Result<Self, NvmError> {
+    pub fn probe(ctrl: &Controller, id: &IdentifyController, nsid: u32) -> Result<Self, NvmError> {
         let ns = identify_namespace(ctrl, nsid)?;
         if ns.nsze == 0 {
             return Err(NvmError::NoSuchNamespace {
@@ -67,12 +63,13 @@ impl Namespace {
         let max_transfer = id.max_transfer().unwrap_or(u64::MAX).min(MAX_PRP_TRANSFER);
         let zones = if csi == csi::ZONED {
             let z = identify_zoned_namespace(ctrl, nsid, ns.formats.len())?;
-            let zone_size = z.zone_sizes.get(ns.format_index as usize).copied().unwrap_or(0);
+            let zone_size = z
+                .zone_sizes
+                .get(ns.format_index as usize)
+                .copied()
+                .unwrap_or(0);
             if zone_size == 0 {
-                return Err(NvmError::ShortData {
-                    len: 0,
-                    need: 1,
-                });
+                return Err(NvmError::ShortData { len: 0, need: 1 });
             }
             let zasl = identify_zoned_controller(ctrl)?.zasl;
             let max_append = if zasl == 0 {
@@ -297,13 +294,20 @@ impl NvmCommand<'_> {
                 let list = command::write_dsm_ranges(scratch, ranges)?;
                 command::deallocate(ns.nsid, list, ranges.len())
             }
-            Self::ZoneAppend { zslba, blocks, iova } => {
+            Self::ZoneAppend {
+                zslba,
+                blocks,
+                iova,
+            } => {
                 let prps = command::build_prps(iova, blocks * bs, scratch)?;
                 command::zone_append(ns.nsid, zslba, blocks, prps)
             }
-            Self::ZoneSend { zslba, action, all } => {
-                Ok(command::zone_send(ns.nsid, if all { 0 } else { zslba }, action, all))
-            }
+            Self::ZoneSend { zslba, action, all } => Ok(command::zone_send(
+                ns.nsid,
+                if all { 0 } else { zslba },
+                action,
+                all,
+            )),
             Self::ReportZones { slba, iova, len } => {
                 let prps = command::build_prps(iova, len, scratch)?;
                 command::report_zones(ns.nsid, slba, prps, len)
@@ -407,47 +411,128 @@ mod tests {
     #[test]
     fn ranges_and_transfer_sizes_are_checked_before_submission() {
         let ns = conventional();
-        let ok = NvmCommand::Read { slba: 990, blocks: 10, iova: 0x1000 };
+        let ok = NvmCommand::Read {
+            slba: 990,
+            blocks: 10,
+            iova: 0x1000,
+        };
         ok.validate(&ns).unwrap();
-        let past_end = NvmCommand::Write { slba: 995, blocks: 10, iova: 0x1000 };
-        assert!(matches!(past_end.validate(&ns), Err(NvmError::LbaOutOfRange { .. })));
-        let overflow = NvmCommand::Read { slba: u64::MAX, blocks: 2, iova: 0x1000 };
-        assert!(matches!(overflow.validate(&ns), Err(NvmError::LbaOutOfRange { .. })));
-        let too_big = NvmCommand::Read { slba: 0, blocks: 257, iova: 0x1000 };
+        let past_end = NvmCommand::Write {
+            slba: 995,
+            blocks: 10,
+            iova: 0x1000,
+        };
+        assert!(matches!(
+            past_end.validate(&ns),
+            Err(NvmError::LbaOutOfRange { .. })
+        ));
+        let overflow = NvmCommand::Read {
+            slba: u64::MAX,
+            blocks: 2,
+            iova: 0x1000,
+        };
+        assert!(matches!(
+            overflow.validate(&ns),
+            Err(NvmError::LbaOutOfRange { .. })
+        ));
+        let too_big = NvmCommand::Read {
+            slba: 0,
+            blocks: 257,
+            iova: 0x1000,
+        };
         assert!(matches!(
             too_big.validate(&ns),
-            Err(NvmError::TransferTooLarge { bytes: 131_584, max: 131_072 })
+            Err(NvmError::TransferTooLarge {
+                bytes: 131_584,
+                max: 131_072
+            })
         ));
-        let none = NvmCommand::Read { slba: 0, blocks: 0, iova: 0x1000 };
+        let none = NvmCommand::Read {
+            slba: 0,
+            blocks: 0,
+            iova: 0x1000,
+        };
         assert!(matches!(none.validate(&ns), Err(NvmError::Empty)));
         assert_eq!(ns.max_blocks_per_command(), 256);
         assert_eq!(ns.capacity_bytes(), 512_000);
-        let ranges = [LbaRange { slba: 0, blocks: 8 }, LbaRange { slba: 999, blocks: 2 }];
-        assert!(NvmCommand::Deallocate { ranges: &ranges }.validate(&ns).is_err());
-        NvmCommand::Deallocate { ranges: &ranges[..1] }.validate(&ns).unwrap();
+        let ranges = [
+            LbaRange { slba: 0, blocks: 8 },
+            LbaRange {
+                slba: 999,
+                blocks: 2,
+            },
+        ];
+        assert!(NvmCommand::Deallocate { ranges: &ranges }
+            .validate(&ns)
+            .is_err());
+        NvmCommand::Deallocate {
+            ranges: &ranges[..1],
+        }
+        .validate(&ns)
+        .unwrap();
     }
 
     #[test]
     fn zone_commands_need_a_zoned_namespace_and_zone_starts() {
         let conv = conventional();
-        let append = NvmCommand::ZoneAppend { zslba: 0, blocks: 1, iova: 0x1000 };
+        let append = NvmCommand::ZoneAppend {
+            zslba: 0,
+            blocks: 1,
+            iova: 0x1000,
+        };
         let err = append.validate(&conv).unwrap_err();
-        assert!(matches!(err, NvmError::NotZoned { nsid: 1, csi: 0 }), "{err}");
-        let reset_all = NvmCommand::ZoneSend { zslba: 0, action: ZoneAction::Reset, all: true };
+        assert!(
+            matches!(err, NvmError::NotZoned { nsid: 1, csi: 0 }),
+            "{err}"
+        );
+        let reset_all = NvmCommand::ZoneSend {
+            zslba: 0,
+            action: ZoneAction::Reset,
+            all: true,
+        };
         assert!(reset_all.validate(&conv).is_err());
 
         let zns = zoned();
         append.validate(&zns).unwrap();
         reset_all.validate(&zns).unwrap();
-        let mid_zone = NvmCommand::ZoneAppend { zslba: 3, blocks: 1, iova: 0x1000 };
-        assert!(matches!(mid_zone.validate(&zns), Err(NvmError::NotZoneStart { slba: 3, zone_size: 16 })));
-        let over_zasl = NvmCommand::ZoneAppend { zslba: 16, blocks: 9, iova: 0x1000 };
-        assert!(matches!(over_zasl.validate(&zns), Err(NvmError::TransferTooLarge { .. })));
-        let reset_one = NvmCommand::ZoneSend { zslba: 48, action: ZoneAction::Reset, all: false };
+        let mid_zone = NvmCommand::ZoneAppend {
+            zslba: 3,
+            blocks: 1,
+            iova: 0x1000,
+        };
+        assert!(matches!(
+            mid_zone.validate(&zns),
+            Err(NvmError::NotZoneStart {
+                slba: 3,
+                zone_size: 16
+            })
+        ));
+        let over_zasl = NvmCommand::ZoneAppend {
+            zslba: 16,
+            blocks: 9,
+            iova: 0x1000,
+        };
+        assert!(matches!(
+            over_zasl.validate(&zns),
+            Err(NvmError::TransferTooLarge { .. })
+        ));
+        let reset_one = NvmCommand::ZoneSend {
+            zslba: 48,
+            action: ZoneAction::Reset,
+            all: false,
+        };
         reset_one.validate(&zns).unwrap();
-        let past = NvmCommand::ZoneSend { zslba: 64, action: ZoneAction::Reset, all: false };
+        let past = NvmCommand::ZoneSend {
+            zslba: 64,
+            action: ZoneAction::Reset,
+            all: false,
+        };
         assert!(past.validate(&zns).is_err());
-        let report = NvmCommand::ReportZones { slba: 0, iova: 0x1000, len: 4096 };
+        let report = NvmCommand::ReportZones {
+            slba: 0,
+            iova: 0x1000,
+            len: 4096,
+        };
         report.validate(&zns).unwrap();
         assert!(report.validate(&conv).is_err());
     }
