@@ -140,7 +140,7 @@ impl ServiceCore {
         let mut handles = Vec::with_capacity(n);
         let mut parked = Vec::with_capacity(n);
         for i in 0..n {
-            let (r, h) = Reactor::new(i, shared.clone()).map_err(|e| format!("creating reactor {i}: {e}"))?;
+            let (r, h) = Reactor::new(shared.clone()).map_err(|e| format!("creating reactor {i}: {e}"))?;
             parked.push(Some(r));
             handles.push(h);
         }

@@ -223,8 +223,6 @@ impl Op {
 
 /// A card as one reactor sees it: its channel and DMA buffers.
 pub struct CardSlot {
-    /// The card.
-    pub card: Arc<CardRt>,
     /// This thread's channel.
     pub ch: IoChannel,
     /// DMA buffers for requests.
@@ -239,8 +237,6 @@ pub struct CardSlot {
 
 /// One reactor's state; lives on its thread.
 pub struct Reactor {
-    /// Index (for messages).
-    pub index: usize,
     inbox: Receiver<Msg>,
     waker: Arc<Waker>,
     busy: Arc<AtomicUsize>,
@@ -264,13 +260,12 @@ pub struct Reactor {
 
 impl Reactor {
     /// Makes a reactor and the handle the service keeps.
-    pub fn new(index: usize, shared: Arc<Shared>) -> std::io::Result<(Reactor, ReactorHandle)> {
+    pub fn new(shared: Arc<Shared>) -> std::io::Result<(Reactor, ReactorHandle)> {
         let (tx, rx) = std::sync::mpsc::channel();
         let waker = Arc::new(Waker::new()?);
         let busy = Arc::new(AtomicUsize::new(0));
         let handle = ReactorHandle { inbox: std::sync::Mutex::new(tx), waker: waker.clone(), busy: busy.clone() };
         let r = Reactor {
-            index,
             inbox: rx,
             waker,
             busy,
@@ -364,17 +359,20 @@ impl Reactor {
 
     /// The card slot for `card`, opening this thread's channel on first use.
     pub fn card_slot(&mut self, card: &Arc<CardRt>) -> Result<&mut CardSlot, String> {
-        if !self.cards.contains_key(&card.id) {
-            let ch = card.dev.channel().map_err(|e| format!("opening an I/O channel on card {}: {e}", card.name))?;
-            let pool = card
-                .dev
-                .buffer_pool(CHUNK, POOL_CHUNKS)
-                .map_err(|e| format!("allocating DMA buffers for card {}: {e}", card.name))?;
-            let mut zero = pool.alloc().ok_or_else(|| format!("card {}: empty DMA pool", card.name))?;
-            zero.write_at(0, &vec![0u8; CHUNK]).map_err(|e| e.to_string())?;
-            self.cards.insert(card.id, CardSlot { card: card.clone(), ch, pool, zero, inflight: 0, release: Vec::new() });
+        use std::collections::hash_map::Entry;
+        match self.cards.entry(card.id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
+                let ch = card.dev.channel().map_err(|e| format!("opening an I/O channel on card {}: {e}", card.name))?;
+                let pool = card
+                    .dev
+                    .buffer_pool(CHUNK, POOL_CHUNKS)
+                    .map_err(|e| format!("allocating DMA buffers for card {}: {e}", card.name))?;
+                let mut zero = pool.alloc().ok_or_else(|| format!("card {}: empty DMA pool", card.name))?;
+                zero.write_at(0, &vec![0u8; CHUNK]).map_err(|e| e.to_string())?;
+                Ok(v.insert(CardSlot { ch, pool, zero, inflight: 0, release: Vec::new() }))
+            }
         }
-        self.cards.get_mut(&card.id).ok_or_else(|| "card slot vanished".to_string())
     }
 
     /// An empty op (vectors reused).
@@ -507,7 +505,7 @@ impl Reactor {
             self.retry.push_back(idx);
             return;
         }
-        let Some(mut op) = self.ops[idx].take() else { return };
+        let Some(op) = self.ops[idx].take() else { return };
         self.free_ops.push(idx);
         if let Some(slot) = self.cards.get_mut(&op.card) {
             slot.inflight = slot.inflight.saturating_sub(1);
@@ -551,11 +549,6 @@ impl Reactor {
                 }
             }
         }
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
-        self.ops.len() - self.free_ops.len()
     }
 }
 

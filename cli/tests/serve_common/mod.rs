@@ -286,7 +286,7 @@ impl Client {
                 (cookie, r)
             }
             0x668e_33ef => {
-                let mut cookie = 0;
+                let mut cookie;
                 let mut first = true;
                 loop {
                     if !first {

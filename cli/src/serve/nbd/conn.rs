@@ -497,7 +497,7 @@ fn check_range(offset: u64, len: u64, bs: u64, size: u64, write: bool) -> Result
     if len == 0 {
         return Err((errno::EINVAL, "zero-length request"));
     }
-    if offset % bs != 0 || len % bs != 0 {
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err((errno::EINVAL, "offset or length is not a multiple of the block size"));
     }
     match offset.checked_add(len) {

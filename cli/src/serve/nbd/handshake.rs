@@ -68,8 +68,6 @@ pub trait Catalog {
 pub struct Negotiated<E> {
     /// The export chosen.
     pub export: E,
-    /// Its information.
-    pub info: ExportInfo,
     /// Structured replies were negotiated.
     pub structured: bool,
     /// `base:allocation` was selected (id [`proto::BASE_ALLOCATION_ID`]).
@@ -160,7 +158,7 @@ pub fn serve_handshake<S: Read + Write, C: Catalog>(
                 }
                 s.write_all(&out)?;
                 s.flush()?;
-                return Ok(Negotiated { export, info, structured, base_allocation });
+                return Ok(Negotiated { export, structured, base_allocation });
             }
             opt::ABORT => {
                 proto::option_reply(&mut out, option, rep::ACK, 0);
@@ -224,7 +222,7 @@ pub fn serve_handshake<S: Read + Write, C: Catalog>(
                 if option == opt::GO {
                     s.flush()?;
                     let base_allocation = selected_for(&meta, &info.name);
-                    return Ok(Negotiated { export, info, structured, base_allocation });
+                    return Ok(Negotiated { export, structured, base_allocation });
                 }
             }
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {

@@ -64,8 +64,6 @@ pub mod rep {
     pub const ERR_POLICY: u32 = 0x8000_0002;
     /// Syntactically or semantically invalid.
     pub const ERR_INVALID: u32 = 0x8000_0003;
-    /// TLS required.
-    pub const ERR_TLS_REQD: u32 = 0x8000_0005;
     /// No such export.
     pub const ERR_UNKNOWN: u32 = 0x8000_0006;
     /// The server is shutting down.
@@ -120,8 +118,6 @@ pub mod cmd {
     pub const FLUSH: u16 = 3;
     /// Trim (discard).
     pub const TRIM: u16 = 4;
-    /// Cache (prefetch).
-    pub const CACHE: u16 = 5;
     /// Write zeroes.
     pub const WRITE_ZEROES: u16 = 6;
     /// Block status.
@@ -148,14 +144,10 @@ pub mod chunk {
     pub const NONE: u16 = 0;
     /// Data at an offset.
     pub const OFFSET_DATA: u16 = 1;
-    /// A hole (reads as zeroes).
-    pub const OFFSET_HOLE: u16 = 2;
     /// Block status extents.
     pub const BLOCK_STATUS: u16 = 5;
     /// An error.
     pub const ERROR: u16 = (1 << 15) + 1;
-    /// An error at an offset.
-    pub const ERROR_OFFSET: u16 = (1 << 15) + 2;
     /// Reply flag: last chunk of this reply.
     pub const FLAG_DONE: u16 = 1;
 }
@@ -166,8 +158,6 @@ pub mod errno {
     pub const EPERM: u32 = 1;
     /// Input/output error.
     pub const EIO: u32 = 5;
-    /// Out of memory.
-    pub const ENOMEM: u32 = 12;
     /// Invalid argument.
     pub const EINVAL: u32 = 22;
     /// No space left (write past the end).
@@ -178,14 +168,6 @@ pub mod errno {
     pub const ENOTSUP: u32 = 95;
     /// Server shutting down.
     pub const ESHUTDOWN: u32 = 108;
-}
-
-/// base:allocation status flags.
-pub mod alloc {
-    /// The range is a hole (unmapped).
-    pub const HOLE: u32 = 1;
-    /// The range reads as zeroes.
-    pub const ZERO: u32 = 2;
 }
 
 /// The only metadata context this server offers.
@@ -235,6 +217,7 @@ impl Request {
     }
 
     /// Encodes the header (for tests and clients).
+    #[cfg(test)]
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());

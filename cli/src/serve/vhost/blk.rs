@@ -270,7 +270,7 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], dev: &BlkDevice) -> Parsed {
             }
             let Some(segs) = segs else { return fail("data buffer outside guest memory") };
             let Some(start) = sector.checked_mul(SECTOR) else { return fail("sector overflows") };
-            if start % bs != 0 || len % bs != 0 {
+            if !start.is_multiple_of(bs) || !len.is_multiple_of(bs) {
                 return fail("request not aligned to the block size");
             }
             match start.checked_add(len) {
@@ -287,7 +287,7 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], dev: &BlkDevice) -> Parsed {
             Parsed::Ok(Request { kind: Kind::GetId, sector: 0, segs, status: at })
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            if r_data == 0 || r_data % 16 != 0 || r_data / 16 > u64::from(MAX_DISCARD_SEG) {
+            if r_data == 0 || !r_data.is_multiple_of(16) || r_data / 16 > u64::from(MAX_DISCARD_SEG) {
                 return fail("bad discard/write-zeroes segment list");
             }
             let Some(segs) = segments(mem, readable, 16, r_data) else {
@@ -312,7 +312,7 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Desc], dev: &BlkDevice) -> Parsed {
                     return fail("range length out of bounds");
                 }
                 let (start, len) = (r.sector.saturating_mul(SECTOR), u64::from(r.sectors) * SECTOR);
-                if start % bs != 0 || len % bs != 0 {
+                if !start.is_multiple_of(bs) || !len.is_multiple_of(bs) {
                     return fail("range not aligned to the block size");
                 }
                 match start.checked_add(len) {

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use iomemory::dma::DmaBuf;
-use vhost_user_backend::{VringRwLock, VringStateMutGuard, VringT};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
@@ -196,7 +196,7 @@ impl Reactor {
                 }
                 let lba = req.sector * SECTOR / bs;
                 let kind = if read { OpKind::Read } else { OpKind::Write };
-                let zero_copy = req.segs.iter().all(|s| s.len as u64 % bs == 0);
+                let zero_copy = req.segs.iter().all(|s| (s.len as u64).is_multiple_of(bs));
                 let mut op = self.new_op(card.id, kind, owner);
                 if zero_copy {
                     // The card reaches guest memory directly: it is registered
