@@ -2,7 +2,9 @@
 # Installs what the VFIO guest test needs, from Debian's packages:
 #   qemu-system-x86 (10.x, bookworm-backports: the bookworm build would
 #   downgrade the machine's qemu-utils), busybox-static, fio (kernel-driver
-#   baseline inside the guest). Idempotent; needs root.
+#   baseline inside the guest), and makes sure the backports suite is in the
+#   apt sources with fresh lists (the guest kernel comes from there too).
+# Idempotent; installing needs root.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -10,18 +12,22 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v fio >/dev/null || need+=(fio)
-if [ ${#need[@]} -eq 0 ]; then
-    echo "install-deps: qemu-system-x86_64, busybox, fio present"
+
+backports_listed() {
+    apt-cache madison linux-image-amd64 2>/dev/null | grep -q bookworm-backports
+}
+
+if [ ${#need[@]} -eq 0 ] && backports_listed; then
+    echo "install-deps: qemu-system-x86_64, busybox-static, fio present; bookworm-backports listed"
     exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing ${need[*]} and not root; install them (qemu-system-x86 from bookworm-backports)" >&2
+    echo "install-deps: need ${need[*]:-} and the bookworm-backports lists, and not root; install qemu-system-x86 from bookworm-backports, busybox-static and fio" >&2
     exit 1
 fi
 bash "$HERE/apt-backports.sh"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# qemu from backports (10.x); the rest from the default suites.
 for pkg in "${need[@]}"; do
     case "$pkg" in
     qemu-system-x86)
