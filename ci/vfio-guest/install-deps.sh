@@ -14,7 +14,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v fio >/dev/null || need+=(fio)
 
 backports_listed() {
-    apt-cache madison linux-image-amd64 2>/dev/null | grep -q bookworm-backports
+    # No grep -q: under pipefail an early exit would SIGPIPE apt-cache.
+    apt-cache madison linux-image-amd64 2>/dev/null | grep bookworm-backports >/dev/null
 }
 
 if [ ${#need[@]} -eq 0 ] && backports_listed; then

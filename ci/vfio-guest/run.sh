@@ -61,7 +61,7 @@ if [ ! -f "$KDIR/.done" ]; then
     rm -rf "$KDIR" && mkdir -p "$KDIR/deb"
     # The metapackage names the current backports image package.
     IMAGE_PKG=$(apt-cache depends -t bookworm-backports "$KERNEL_PKG" 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1)
+        sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | sed -n 1p)
     [ -n "$IMAGE_PKG" ] || die "cannot resolve $KERNEL_PKG in bookworm-backports (is the suite in the apt sources? see apt-backports.sh)"
     log "kernel package $IMAGE_PKG"
     (cd "$KDIR/deb" && apt-get download -t bookworm-backports "$IMAGE_PKG" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
@@ -70,8 +70,9 @@ if [ ! -f "$KDIR/.done" ]; then
     rm -rf "$KDIR/deb"
     touch "$KDIR/.done"
 fi
-VMLINUZ=$(ls "$KDIR"/root/boot/vmlinuz-* | head -n1)
-MODDIR=$(ls -d "$KDIR"/root/lib/modules/* | head -n1)
+VMLINUZ=$(find "$KDIR/root/boot" -name 'vmlinuz-*' | sort | sed -n 1p)
+MODDIR=$(find "$KDIR/root/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort | sed -n 1p)
+[ -n "$VMLINUZ" ] && [ -n "$MODDIR" ] || die "no kernel image or modules under $KDIR/root"
 
 # --- 4. the initramfs -------------------------------------------------------
 log "step 4/5: initramfs"
@@ -145,7 +146,7 @@ set -e
 end=$(date +%s.%N)
 log "guest ran $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }') s (qemu exit $qemu_rc)"
 [ "$qemu_rc" = 124 ] && die "the guest did not finish within ${TIMEOUT}s"
-summary=$(grep -E '^vfio-guest: [0-9]+ passed, [0-9]+ failed$' "$GUEST_LOG" | tail -n1 || true)
+summary=$(grep -E '^vfio-guest: [0-9]+ passed, [0-9]+ failed$' "$GUEST_LOG" | sed -n '$p' || true)
 [ -n "$summary" ] || die "the guest printed no result line (see $GUEST_LOG)"
 grep -E '^GUEST-STEP ' "$GUEST_LOG" | sed 's/^/  /'
 echo "$summary"

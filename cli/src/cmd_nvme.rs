@@ -51,9 +51,15 @@ pub struct IdentifyArgs {
 pub fn run(command: NvmeCommand) -> Result<ExitCode, String> {
     match command {
         NvmeCommand::Identify(args) => identify(args),
-        NvmeCommand::Bench(args) => bench::run(args),
+        NvmeCommand::Bench(args) => run_bench(args),
         NvmeCommand::Selftest(args) => selftest::run(args),
     }
+}
+
+/// Runs `iomem nvme bench` (also what `iomem bench --nvme ADDR[/NSID]`
+/// calls, with its own options copied into [`BenchArgs`]).
+pub fn run_bench(args: BenchArgs) -> Result<ExitCode, String> {
+    bench::run(args)
 }
 
 /// `PCI_ADDR[/NSID]` as given on the command line.
