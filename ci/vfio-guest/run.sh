@@ -12,7 +12,8 @@
 # Exit status 0 only if the guest reports no failure.
 #
 # Environment: VFIO_GUEST_WORK (scratch dir, default target/vfio-guest),
-# VFIO_GUEST_BENCH_SECONDS (default 3), VFIO_GUEST_TIMEOUT (default 300 s).
+# VFIO_GUEST_BENCH_SECONDS (default 3), VFIO_GUEST_TIMEOUT (default 300 s),
+# VFIO_GUEST_LIBC=gnu (skip musl, build glibc with crt-static).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,7 +38,8 @@ log "step 2/5: static iomem build"
 cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 IOMEM=""
-if command -v rustup >/dev/null && rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1; then
+if [ "${VFIO_GUEST_LIBC:-musl}" = musl ] && command -v rustup >/dev/null &&
+    rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1; then
     cargo build --release --target x86_64-unknown-linux-musl -p iomem
     IOMEM=$TARGET_DIR/x86_64-unknown-linux-musl/release/iomem
     log "built with musl: $IOMEM"
