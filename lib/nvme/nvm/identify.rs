@@ -159,10 +159,9 @@ impl IdentifyNamespace {
         let format = formats
             .get(format_index as usize)
             .copied()
-            .ok_or(NvmError::ShortData {
-                len: formats.len(),
-                need: format_index as usize + 1,
-            })?;
+            .ok_or(NvmError::Nvme(crate::nvme::NvmeError::Protocol(
+                "FLBAS names an LBA format the namespace does not list",
+            )))?;
         Ok(Self {
             nsze: u64_at(d, 0),
             ncap: u64_at(d, 8),

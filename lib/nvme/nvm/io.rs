@@ -69,7 +69,9 @@ impl Namespace {
                 .copied()
                 .unwrap_or(0);
             if zone_size == 0 {
-                return Err(NvmError::ShortData { len: 0, need: 1 });
+                return Err(NvmError::Nvme(NvmeError::Protocol(
+                    "a zoned namespace reports a zone size of 0 for its LBA format",
+                )));
             }
             let zasl = identify_zoned_controller(ctrl)?.zasl;
             let max_append = if zasl == 0 {
