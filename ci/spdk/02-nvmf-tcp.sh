@@ -44,7 +44,7 @@ cat > "$WORK/nvmf-init.json" << EOF
  {"method":"bdev_wait_for_examine"}]}]}
 EOF
 # 128 KiB units; offset 512 units = 64 MiB into the device.
-"$BIN/spdk_dd" -m "$INIT_CORES" -s 256 --json "$WORK/nvmf-init.json" --if "$WORK/data.bin" --ob Nvme0n1 \
+"$BIN/spdk_dd" -u -m "$INIT_CORES" -s 256 --json "$WORK/nvmf-init.json" --if "$WORK/data.bin" --ob Nvme0n1 \
 	--bs 131072 --seek 512 --qd 8 > "$WORK/dd-write.log" 2>&1 || { cat "$WORK/dd-write.log"; die "spdk_dd over NVMe-oF"; }
 
 log "detach the card (stop the target: bdev destruct checkpoints it)"
@@ -53,7 +53,7 @@ grep -q "iom0: card checkpointed and detached" "$WORK/nvmf.log" || die "target d
 
 log "read it back through a second path: spdk_dd on the card itself (no NVMe-oF)"
 bdev_conf "$WORK/direct.json" "$(iomem_entry iom0 "$card")"
-env LD_PRELOAD="$MODULE" "$BIN/spdk_dd" -m "$CORES" -s 256 --json "$WORK/direct.json" --ib iom0 --of "$WORK/back.bin" \
+env LD_PRELOAD="$MODULE" "$BIN/spdk_dd" -u -m "$CORES" -s 256 --json "$WORK/direct.json" --ib iom0 --of "$WORK/back.bin" \
 	--bs 131072 --skip 512 --count 512 --qd 8 > "$WORK/dd-read.log" 2>&1 || { cat "$WORK/dd-read.log"; die "spdk_dd direct"; }
 cmp "$WORK/data.bin" "$WORK/back.bin" || die "data read back directly differs from data written through NVMe-oF"
 result "nvmf-tcp data check: 64 MiB written via NVMe-oF/TCP (spdk_dd -> Nvme0n1) == read back directly from the card (spdk_dd iom0): identical ($(sha256sum < "$WORK/data.bin" | cut -c1-16))"
