@@ -88,7 +88,16 @@ elif [ -n "$FIO" ]; then
     fi
 fi
 
-# 3. Bind to vfio-pci with the project's own tool.
+# 3. Before binding, VFIO use is refused with the command that fixes it.
+if iomem nvme identify "$ADDR" > /tmp/nb.out 2>&1; then
+    bad not-bound "identify over VFIO succeeded while $ADDR is on the nvme driver"
+elif grep -q "run \`iomem bind $ADDR\` first" /tmp/nb.out; then
+    ok not-bound "$(cat /tmp/nb.out)"
+else
+    bad not-bound "unexpected refusal: $(cat /tmp/nb.out)"
+fi
+
+# 4. Bind to vfio-pci with the project's own tool.
 if iomem bind "$ADDR"; then
     drv=$(basename "$(readlink /sys/bus/pci/devices/$ADDR/driver)")
     grp=$(basename "$(readlink /sys/bus/pci/devices/$ADDR/iommu_group)")
@@ -102,7 +111,7 @@ else
     finish
 fi
 
-# 4. Identify over VFIO matches QEMU's model and serial.
+# 5. Identify over VFIO matches QEMU's model and serial.
 iomem nvme identify "$ADDR" > /tmp/id.out 2>&1
 cat /tmp/id.out
 if grep -qx "Model: $MODEL" /tmp/id.out && grep -qx "Serial: $SERIAL" /tmp/id.out; then
@@ -111,7 +120,7 @@ else
     bad identify "expected model \"$MODEL\" and serial \"$SERIAL\""
 fi
 
-# 5. The destructive self-test: patterns over several queue pairs,
+# 6. The destructive self-test: patterns over several queue pairs,
 #    deallocate, zones, IOMMU probe.
 dmesg -c > /dev/null
 iomem nvme selftest "$ADDR" --destructive --queues 4 \
@@ -124,7 +133,7 @@ else
     bad selftest "exit $rc: $(grep 'FAILED\|^iomem:' /tmp/selftest.out | head -n 3)"
 fi
 
-# 6. The IOMMU blocked the probe: the kernel logged a DMAR fault for it.
+# 7. The IOMMU blocked the probe: the kernel logged a DMAR fault for it.
 PROBE=$(sed -n 's/.*unmapped IOVA \(0x[0-9a-f]*\) (expect.*/\1/p' /tmp/selftest.out | head -n 1)
 dmesg > /tmp/dmesg.out
 grep -i 'dmar' /tmp/dmesg.out | head -n 6
@@ -136,7 +145,20 @@ else
     bad dmar-fault "no DMAR fault for $PROBE in dmesg"
 fi
 
-# 7. Poll-mode bench over VFIO, beside the kernel driver's fio number.
+# 8. A second process is refused while one holds the device.
+iomem nvme bench "$ADDR/1" --rw randread --bs 4k --iodepth 4 --runtime 3 > /dev/null 2>&1 &
+holder=$!
+sleep 1
+if iomem nvme identify "$ADDR" > /tmp/busy.out 2>&1; then
+    bad busy "a second open succeeded while a bench held $ADDR"
+elif grep -q "is busy: another process" /tmp/busy.out; then
+    ok busy "$(cat /tmp/busy.out)"
+else
+    bad busy "unexpected refusal: $(cat /tmp/busy.out)"
+fi
+wait $holder
+
+# 9. Poll-mode bench over VFIO, beside the kernel driver's fio number.
 iomem nvme bench "$ADDR/1" --rw randread --bs 4k --iodepth 32 --runtime "$BENCH_SECONDS" --json \
     > /tmp/bench.out 2>/tmp/bench.err
 rc=$?
@@ -154,7 +176,7 @@ else
     bad bench "exit $rc: $(head -c 400 /tmp/bench.err)"
 fi
 
-# 8. Release to the kernel driver: the block device comes back.
+# 10. Release to the kernel driver: the block device comes back.
 if iomem unbind "$ADDR"; then
     i=0
     while [ ! -b /dev/nvme0n1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
@@ -168,7 +190,7 @@ else
     bad unbind "iomem unbind $ADDR failed"
 fi
 
-# 9. Round trip: bind again works after the release.
+# 11. Round trip: bind again works after the release.
 if iomem bind "$ADDR" > /dev/null && iomem unbind "$ADDR" > /dev/null; then
     ok rebind "second bind/unbind round trip"
 else
