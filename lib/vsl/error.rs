@@ -39,7 +39,7 @@ pub enum VslError {
         what: &'static str,
     },
     /// Format options that cannot work on this card.
-    #[error("invalid format options: {0}")]
+    #[error("invalid options: {0}")]
     InvalidOptions(String),
     /// Format would destroy an existing format.
     #[error("the card already holds a VSL format ({sectors} sectors of {sector_size} bytes, UUID {uuid}); formatting destroys all its data — pass --yes (FormatOptions::yes) to proceed")]

@@ -115,6 +115,19 @@ fn make_uuid(seed: Option<u64>) -> [u8; 16] {
 }
 
 impl Vsl {
+    /// Reads the superblock of a formatted card without attaching
+    /// (`Ok(None)` if the card holds no format).
+    pub fn read_superblock(card: &Card) -> Result<Option<Superblock>, VslError> {
+        let g = card.geometry();
+        let infos = all_block_info(card)?;
+        let die0 = &infos[..g.blocks_per_die as usize];
+        let Some(meta) = locate_meta_blocks(die0) else { return Ok(None) };
+        let plp = card.health()?.powerloss_protection;
+        let mut io = SlotIo::new(card, 1, true)?;
+        let wps = [die0[meta[0] as usize].write_pointer, die0[meta[1] as usize].write_pointer];
+        Ok(MetaLog::load(&mut io, meta, wps, g.page_size as usize, g.pages_per_block, plp)?.map(|(_, scan)| scan.superblock))
+    }
+
     /// Formats `card`: erases every good block (reporting `progress(done,
     /// total)`), then writes the superblock. Refuses a card that already
     /// holds a format unless `opts.yes`.
