@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd_demo;
+mod cmd_nvme;
 mod cmd_pci;
 mod cmd_rpc;
 mod cmd_serve;
@@ -29,6 +30,9 @@ enum Command {
     Demo(cmd_demo::Args),
     /// fio-like benchmark of the whole stack (with --baseline memcpy for the ceiling).
     Bench(bench::Args),
+    /// NVMe controllers over VFIO: identify, bench, selftest.
+    #[command(subcommand)]
+    Nvme(cmd_nvme::NvmeCommand),
     /// Serve cards over vhost-user-blk and NBD, with a JSON-RPC control socket.
     Serve(cmd_serve::Args),
     /// Call a method on a running `iomem serve` control socket.
@@ -50,7 +54,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cmd_demo::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => match args.nvme.clone() {
+            Some(target) => cmd_nvme::run_bench(cmd_nvme::BenchArgs {
+                target,
+                rw: args.rw.clone(),
+                bs: args.bs.clone(),
+                iodepth: args.iodepth.min(u16::MAX as usize) as u16,
+                jobs: args.numjobs,
+                runtime: args.runtime,
+                size: args.size.clone(),
+                json: args.json,
+            }),
+            None => bench::run(args),
+        },
+        Command::Nvme(cmd) => cmd_nvme::run(cmd),
         Command::Serve(args) => cmd_serve::run(args),
         Command::Rpc(args) => cmd_rpc::run(args),
         Command::Sim(cmd) => cmd_sim::run(cmd),

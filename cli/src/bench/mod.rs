@@ -76,6 +76,11 @@ pub struct Args {
     /// Seed of the I/O pattern.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Benchmark a real NVMe controller over VFIO instead: PCI_ADDR[/NSID]
+    /// (see `iomem nvme bench`; --rw, --bs, --iodepth, --numjobs,
+    /// --runtime, --size and --json apply).
+    #[arg(long, conflicts_with_all = ["card", "baseline", "verify"])]
+    pub nvme: Option<String>,
 }
 
 /// Everything a job needs to know.
