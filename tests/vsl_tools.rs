@@ -56,4 +56,11 @@ fn wa_bench_tracks_the_greedy_model() {
         assert!(r.measured > 1.2 && r.measured < 4.0, "{r:?}");
         assert!(r.erases > 0);
     }
+    let greedy = &res[0];
+    assert!(
+        (greedy.measured - greedy.analytic_greedy).abs() / greedy.analytic_greedy < 0.25,
+        "greedy WA {} is within 25% of the model's {}",
+        greedy.measured,
+        greedy.analytic_greedy
+    );
 }

@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
     /// Erase blocks per die of the benchmark card (4 dies of 64-page blocks).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub blocks_per_die: u32,
     /// Seed.
     #[arg(long, default_value_t = 1)]

@@ -5,7 +5,12 @@
 //! writes ([`super::wa_model::greedy_uniform_wa`]).
 //!
 //! Over-provisioning is `physical / logical - 1`, with "physical" the
-//! card's data blocks (every good block but the two metadata blocks).
+//! blocks that can hold data in steady state: every block but the two
+//! metadata blocks and the FTL's fixed working set (the free blocks the
+//! groomer keeps at its low watermark, one user and one groomer append
+//! point), which the analytic model does not have. The benchmark runs with
+//! one append point per writer and tight watermarks so that working set is
+//! small, as the model assumes a single write frontier.
 
 use serde::Serialize;
 
@@ -43,7 +48,7 @@ impl Default for WaBenchOptions {
             policies: vec![GcPolicy::Greedy, GcPolicy::CostBenefit],
             warmup_passes: 1.0,
             passes: 3.0,
-            blocks_per_die: 64,
+            blocks_per_die: 128,
             seed: 1,
         }
     }
@@ -62,8 +67,10 @@ pub struct WaResult {
     pub analytic_greedy: f64,
     /// User sectors (4 KiB).
     pub capacity_sectors: u64,
-    /// Data blocks of the card.
+    /// Blocks that hold data in steady state (see the module docs).
     pub physical_blocks: u64,
+    /// Over-provisioning counting every non-metadata block as physical.
+    pub raw_op: f64,
     /// Pages written by users in the measured phase.
     pub user_pages: u64,
     /// Pages the groomer moved in the measured phase.
@@ -106,7 +113,15 @@ fn one(opts: &WaBenchOptions, op: f64, policy: GcPolicy) -> Result<WaResult, Vsl
     config.identity.rated_pe_cycles = 1_000_000;
     let nand = NandArray::create(&config, Backing::Memory).map_err(|e| VslError::InvalidOptions(e.to_string()))?;
     let card = Card::open_emulated(nand, EmuOptions::default())?;
-    let physical_blocks = config.geometry.total_blocks() - 2;
+    let ao = AttachOptions {
+        gc_policy: policy,
+        stripe_width: 1,
+        gc_low_blocks: 3,
+        gc_high_blocks: 4,
+        ..AttachOptions::default()
+    };
+    let working_set = ao.gc_low_blocks as u64 + 2;
+    let physical_blocks = config.geometry.total_blocks() - 2 - working_set;
     let ppb = config.geometry.pages_per_block as u64;
     let capacity_sectors = ((physical_blocks * ppb) as f64 / (1.0 + op)).floor() as u64;
     let fo = FormatOptions {
@@ -116,10 +131,6 @@ fn one(opts: &WaBenchOptions, op: f64, policy: GcPolicy) -> Result<WaResult, Vsl
         ..FormatOptions::default()
     };
     Vsl::format(card.clone(), &fo, &mut |_, _| {})?;
-    let ao = AttachOptions {
-        gc_policy: policy,
-        ..AttachOptions::default()
-    };
     let vsl = Vsl::attach(card, &ao, &mut |_, _| {})?;
     let sectors = vsl.num_sectors();
     let mut ch = BlockingChannel::new(vsl.channel()?)?;
@@ -151,6 +162,7 @@ fn one(opts: &WaBenchOptions, op: f64, policy: GcPolicy) -> Result<WaResult, Vsl
         analytic_greedy: greedy_uniform_wa(op).unwrap_or(f64::NAN),
         capacity_sectors: sectors,
         physical_blocks,
+        raw_op: ((config.geometry.total_blocks() - 2) * ppb) as f64 / sectors as f64 - 1.0,
         user_pages: user,
         groomer_pages: groomer,
         erases: after.erases - before.erases,
