@@ -246,9 +246,11 @@ bench_nbd() { # NAME URI
             --time_based --runtime="$BENCH_SECS" --output-format=json --output="$WORK/bench-$1-$rw.json" >/dev/null
     done
 }
-"$IOMEM" sim create "$WORK/bench.img" --capacity 1GiB >/dev/null
+# Both backends keep their data in tmpfs: qemu-nbd's raw file and our
+# emulated card's image (the NAND array is a sparse mmap of that file).
+"$IOMEM" sim create "$SHM/bench.img" --capacity 1GiB >/dev/null
 BPORT=$(free_port)
-start_ours "$WORK/bench.img" "$WORK/bench.nbd" "127.0.0.1:$BPORT" "$WORK/bench-serve.log" --format-if-blank
+start_ours "$SHM/bench.img" "$WORK/bench.nbd" "127.0.0.1:$BPORT" "$WORK/bench-serve.log" --format-if-blank
 bench_nbd iomem "nbd+unix:///disk0?socket=$WORK/bench.nbd"
 kill -TERM "$SERVE_PID"
 wait "$SERVE_PID" || true

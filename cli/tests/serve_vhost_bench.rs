@@ -3,7 +3,9 @@
 //! same client (the test virtqueue driver, 4 KiB random reads and writes at
 //! queue depth 32 on one queue). Ignored by default (it takes ~20 s and
 //! needs qemu-storage-daemon); `ci/serve/run.sh` runs it with `--ignored`.
-//! `IOMEM_BENCH_SECS` sets the seconds per run (default 5).
+//! `IOMEM_BENCH_SECS` sets the seconds per run (default 5);
+//! `IOMEM_BENCH_SOCKET=PATH` only drives an already running server there
+//! (for profiling one side).
 
 mod serve_common;
 
@@ -70,9 +72,18 @@ fn vhost_user_blk_throughput_vs_qemu_storage_daemon() {
     let secs: f64 = std::env::var("IOMEM_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let dir = tempfile::tempdir().unwrap();
     let span: u64 = (256 << 20) / u64::from(BS);
+    if let Ok(sock) = std::env::var("IOMEM_BENCH_SOCKET") {
+        let p = std::path::PathBuf::from(sock);
+        let w = run(&p, true, secs, span);
+        let r = run(&p, false, secs, span);
+        println!("vhost-user-blk 4k QD32 at {}: randwrite {w:.0} IOPS, randread {r:.0} IOPS", p.display());
+        assert!(w > 0.0 && r > 0.0);
+        return;
+    }
 
-    // Ours.
-    let card = make_card(dir.path(), "card0.img", "1GiB");
+    // Ours; the card image lives in tmpfs like qemu-storage-daemon's file.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let card = make_card(shm.path(), "card0.img", "1GiB");
     let ours = dir.path().join("ours.sock");
     let mut srv = Server::start(
         dir.path(),
@@ -85,7 +96,6 @@ fn vhost_user_blk_throughput_vs_qemu_storage_daemon() {
     assert!(srv.signal_and_wait(libc::SIGTERM).success());
 
     // qemu-storage-daemon on a tmpfs file.
-    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let img = shm.path().join("disk.raw");
     std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
     let qsock = dir.path().join("qsd.sock");
