@@ -348,6 +348,8 @@ impl Vsl {
         m.set_state(BlockState::Retiring);
         self.ctr.retired_blocks.fetch_add(1, Ordering::Relaxed);
         self.update_reserve();
+        // The groomer moves the block's data out even when space is ample.
+        self.gc_active.store(true, Ordering::Release);
     }
 
     /// Spare blocks left beyond what the capacity and the groomer need;
