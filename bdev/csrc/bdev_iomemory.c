@@ -48,6 +48,11 @@ struct iomem_bdev {
 	struct spdk_bdev bdev;
 	struct iomem_rs_dev *rs;
 	struct spdk_mem_map *mem_map;
+	/* Where destruct started; the async detach finishes there. */
+	struct spdk_thread *destruct_thread;
+	bool registered;
+	int detach_rc;
+	char detach_msg[IOMEM_ERR_LEN];
 	TAILQ_ENTRY(iomem_bdev) link;
 };
 
@@ -334,17 +339,11 @@ iomem_free(struct iomem_bdev *ib)
 	free(ib);
 }
 
-/* Every channel is gone: stop DMA bookkeeping, checkpoint the card. */
 static void
-iomem_detach(struct iomem_bdev *ib)
+iomem_log_detach(struct iomem_bdev *ib, int rc, const char *msg)
 {
-	char err[IOMEM_ERR_LEN] = "";
-	int rc;
-
-	spdk_mem_map_free(&ib->mem_map);
-	rc = iomem_rs_dev_detach(ib->rs, err, sizeof(err));
 	if (rc < 0) {
-		SPDK_ERRLOG("%s: detach failed: %s\n", ib->bdev.name, err);
+		SPDK_ERRLOG("%s: detach failed: %s\n", ib->bdev.name, msg != NULL ? msg : spdk_strerror(-rc));
 	} else if (rc == 1) {
 		SPDK_WARNLOG("%s: the card was lost; nothing checkpointed (the next attach scans)\n",
 			     ib->bdev.name);
@@ -353,14 +352,49 @@ iomem_detach(struct iomem_bdev *ib)
 	}
 }
 
+/* Back on the destructing SPDK thread after the worker detached the card. */
+static void
+iomem_detach_finish(void *arg)
+{
+	struct iomem_bdev *ib = arg;
+
+	iomem_log_detach(ib, ib->detach_rc, ib->detach_rc < 0 ? ib->detach_msg : NULL);
+	if (ib->registered) {
+		spdk_bdev_destruct_done(&ib->bdev, 0);
+	}
+	iomem_free(ib);
+}
+
+/* On the worker thread: hand the outcome back to the SPDK thread. */
+static void
+iomem_detach_done(void *arg, int rc, const char *msg)
+{
+	struct iomem_bdev *ib = arg;
+
+	ib->detach_rc = rc;
+	snprintf(ib->detach_msg, sizeof(ib->detach_msg), "%s", msg != NULL ? msg : "");
+	if (spdk_thread_send_msg(ib->destruct_thread, iomem_detach_finish, ib) != 0) {
+		/* The thread is gone (process exiting): nothing left to tell. */
+		iomem_log_detach(ib, rc, msg);
+	}
+}
+
+/* Every channel is gone: stop DMA bookkeeping, then checkpoint the card
+ * on a worker thread (it writes the forward map: the reactor keeps
+ * polling meanwhile) and finish destruct when it is done. */
 static void
 iomem_io_device_unregistered(void *io_device)
 {
 	struct iomem_bdev *ib = io_device;
+	char err[IOMEM_ERR_LEN] = "";
 
-	iomem_detach(ib);
-	spdk_bdev_destruct_done(&ib->bdev, 0);
-	iomem_free(ib);
+	spdk_mem_map_free(&ib->mem_map);
+	ib->destruct_thread = spdk_get_thread();
+	if (iomem_rs_dev_detach_async(ib->rs, iomem_detach_done, ib) != 0) {
+		ib->detach_rc = iomem_rs_dev_detach(ib->rs, err, sizeof(err));
+		snprintf(ib->detach_msg, sizeof(ib->detach_msg), "%s", err);
+		iomem_detach_finish(ib);
+	}
 }
 
 static int
@@ -435,47 +469,50 @@ iomem_params_text(const struct spdk_json_val *params, size_t *len)
 	return t.buf;
 }
 
-/* Unwind a bdev that never got registered: channels cannot exist yet. */
+/* Unwind a bdev whose registration failed (no channel can exist). */
 static void
-iomem_abandon_unregistered(void *io_device)
+iomem_abandon(struct iomem_bdev *ib, bool io_device_registered)
 {
-	struct iomem_bdev *ib = io_device;
-
-	iomem_detach(ib);
-	iomem_free(ib);
+	iomem_rs_dev_begin_destruct(ib->rs);
+	if (io_device_registered) {
+		spdk_io_device_unregister(ib, iomem_io_device_unregistered);
+	} else {
+		iomem_io_device_unregistered(ib);
+	}
 }
 
-static void
-rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk_json_val *params)
-{
-	char err[IOMEM_ERR_LEN] = "";
-	int code = SPDK_JSONRPC_ERROR_INVALID_PARAMS;
-	size_t len = 0;
-	char *text = iomem_params_text(params, &len);
+struct iomem_create_ctx {
+	struct spdk_jsonrpc_request *request;
+	struct spdk_thread *thread;
 	struct iomem_rs_dev *rs;
-	struct iomem_bdev *ib;
+	int code;
+	char msg[IOMEM_ERR_LEN];
+};
+
+/* Back on the RPC's SPDK thread with the opened card: register the bdev. */
+static void
+iomem_create_finish(void *arg)
+{
+	struct iomem_create_ctx *ctx = arg;
+	struct spdk_jsonrpc_request *request = ctx->request;
+	struct iomem_rs_dev *rs = ctx->rs;
 	struct spdk_json_write_ctx *w;
+	struct iomem_bdev *ib;
 	uint8_t uuid[16];
 	int rc;
 
-	if (text == NULL) {
-		spdk_jsonrpc_send_error_response(request, SPDK_JSONRPC_ERROR_INVALID_PARAMS,
-						 "bdev_iomemory_create needs params: {\"name\": ..., \"path\": ...}");
-		return;
-	}
-	rs = iomem_rs_dev_open(text, len, err, sizeof(err), &code);
-	free(text);
 	if (rs == NULL) {
-		spdk_jsonrpc_send_error_response(request, code, err);
+		spdk_jsonrpc_send_error_response(request, ctx->code, ctx->msg);
+		free(ctx);
 		return;
 	}
+	free(ctx);
 
 	ib = calloc(1, sizeof(*ib));
 	if (ib == NULL || (ib->bdev.name = strdup(iomem_rs_dev_name(rs))) == NULL) {
 		free(ib);
-		/* Nothing registered yet: detaching needs the destruct state. */
 		iomem_rs_dev_begin_destruct(rs);
-		iomem_rs_dev_detach(rs, err, sizeof(err));
+		iomem_rs_dev_detach(rs, NULL, 0);
 		iomem_rs_dev_free(rs);
 		spdk_jsonrpc_send_error_response(request, -ENOMEM, spdk_strerror(ENOMEM));
 		return;
@@ -498,9 +535,8 @@ rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk
 	 * follows later ones. */
 	ib->mem_map = spdk_mem_map_alloc(0, &g_iomem_mem_ops, ib);
 	if (ib->mem_map == NULL) {
-		iomem_rs_dev_begin_destruct(rs);
-		iomem_abandon_unregistered(ib);
 		spdk_jsonrpc_send_error_response(request, -ENOMEM, "cannot allocate a memory map");
+		iomem_abandon(ib, false);
 		return;
 	}
 	spdk_io_device_register(ib, iomem_ch_create, iomem_ch_destroy,
@@ -509,15 +545,66 @@ rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk
 	if (rc != 0) {
 		spdk_jsonrpc_send_error_response_fmt(request, rc, "cannot register bdev %s: %s",
 						     ib->bdev.name, spdk_strerror(-rc));
-		iomem_rs_dev_begin_destruct(rs);
-		spdk_io_device_unregister(ib, iomem_abandon_unregistered);
+		iomem_abandon(ib, true);
 		return;
 	}
+	ib->registered = true;
 	TAILQ_INSERT_TAIL(&g_iomem_bdevs, ib, link);
 
 	w = spdk_jsonrpc_begin_result(request);
 	spdk_json_write_string(w, ib->bdev.name);
 	spdk_jsonrpc_end_result(request, w);
+}
+
+/* On the worker thread that opened (formatted, recovered) the card. */
+static void
+iomem_create_done(void *arg, struct iomem_rs_dev *rs, int code, const char *msg)
+{
+	struct iomem_create_ctx *ctx = arg;
+
+	ctx->rs = rs;
+	ctx->code = code;
+	snprintf(ctx->msg, sizeof(ctx->msg), "%s", msg != NULL ? msg : "");
+	if (spdk_thread_send_msg(ctx->thread, iomem_create_finish, ctx) != 0) {
+		/* The RPC's thread is gone (the app is exiting): undo the open. */
+		if (rs != NULL) {
+			iomem_rs_dev_begin_destruct(rs);
+			iomem_rs_dev_detach(rs, NULL, 0);
+			iomem_rs_dev_free(rs);
+		}
+		free(ctx);
+	}
+}
+
+static void
+rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk_json_val *params)
+{
+	size_t len = 0;
+	char *text = iomem_params_text(params, &len);
+	struct iomem_create_ctx *ctx;
+	int rc;
+
+	if (text == NULL) {
+		spdk_jsonrpc_send_error_response(request, SPDK_JSONRPC_ERROR_INVALID_PARAMS,
+						 "bdev_iomemory_create needs params: {\"name\": ..., \"path\": ...}");
+		return;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (ctx == NULL) {
+		free(text);
+		spdk_jsonrpc_send_error_response(request, -ENOMEM, spdk_strerror(ENOMEM));
+		return;
+	}
+	ctx->request = request;
+	ctx->thread = spdk_get_thread();
+	/* Validation, the card open, a format or a recovery scan run on a
+	 * worker thread; this SPDK thread keeps polling. */
+	rc = iomem_rs_dev_open_async(text, len, iomem_create_done, ctx);
+	free(text);
+	if (rc != 0) {
+		free(ctx);
+		spdk_jsonrpc_send_error_response(request, rc, "cannot start a thread to open the card");
+	}
 }
 SPDK_RPC_REGISTER("bdev_iomemory_create", rpc_bdev_iomemory_create, SPDK_RPC_RUNTIME)
 

@@ -61,6 +61,11 @@ bool iomem_rs_io_type_supported(uint32_t io_type);
  * NULL on failure, with a message in err and a JSON-RPC code in *err_code. */
 struct iomem_rs_dev *iomem_rs_dev_open(const char *params_json, size_t len,
 				       char *err, size_t err_len, int *err_code);
+/* The same on a worker thread (format/recovery scan do not stall the SPDK
+ * thread): done(arg, dev, code, msg) is called once, from that thread.
+ * Returns 0, or -EAGAIN (done not called). */
+typedef void (*iomem_rs_open_done_fn)(void *arg, struct iomem_rs_dev *dev, int code, const char *msg);
+int iomem_rs_dev_open_async(const char *params_json, size_t len, iomem_rs_open_done_fn done, void *arg);
 void iomem_rs_dev_free(struct iomem_rs_dev *dev);
 const char *iomem_rs_dev_name(const struct iomem_rs_dev *dev);
 uint32_t iomem_rs_dev_block_size(const struct iomem_rs_dev *dev);
@@ -87,6 +92,10 @@ void iomem_rs_dev_dma_unregister(const struct iomem_rs_dev *dev, void *vaddr, si
 int iomem_rs_dev_begin_delete(const struct iomem_rs_dev *dev, char *err, size_t err_len);
 int iomem_rs_dev_begin_destruct(const struct iomem_rs_dev *dev);
 int iomem_rs_dev_detach(const struct iomem_rs_dev *dev, char *err, size_t err_len);
+/* Detach on a worker thread: done(arg, rc, msg) once, from that thread.
+ * Returns 0, or -EAGAIN (done not called). */
+typedef void (*iomem_rs_detach_done_fn)(void *arg, int rc, const char *msg);
+int iomem_rs_dev_detach_async(const struct iomem_rs_dev *dev, iomem_rs_detach_done_fn done, void *arg);
 
 /* Channels: one per SPDK thread. */
 struct iomem_rs_chan *iomem_rs_chan_open(const struct iomem_rs_dev *dev, char *err, size_t err_len);

@@ -67,9 +67,38 @@ pub extern "C" fn iomem_rs_io_type_supported(io_type: u32) -> bool {
     BdevIoType::supported(io_type)
 }
 
+/// Copies `len` bytes at `params` into a string (`None`: null or not UTF-8).
+///
+/// # Safety
+/// `params` must be null or point to `len` readable bytes.
+unsafe fn params_text(params: *const c_char, len: usize) -> Option<String> {
+    if params.is_null() {
+        return None;
+    }
+    // SAFETY: `params` points to `len` readable bytes (contract).
+    let bytes = unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) };
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// Validates create params and opens the card: a device handle, or a
+/// JSON-RPC error code and message.
+fn open_text(text: Option<String>) -> Result<*mut RsDev, (i32, String)> {
+    let Some(text) = text else {
+        return Err((
+            crate::params::JSONRPC_INVALID_PARAMS,
+            "parameters are missing or not UTF-8".into(),
+        ));
+    };
+    let parsed = CreateParams::from_json(&text).map_err(|e| (e.rpc_code(), e.to_string()))?;
+    let dev = BdevDevice::open(parsed).map_err(|e| (e.rpc_code(), e.to_string()))?;
+    Ok(Box::into_raw(Box::new(RsDev(dev))))
+}
+
 /// Validates `bdev_iomemory_create` params (JSON text, `len` bytes) and
-/// opens the card. On failure returns null, writes a message into `err`
-/// and a JSON-RPC error code into `*err_code`.
+/// opens the card, blocking the caller (a format or a recovery scan can
+/// take seconds; the shim uses [`iomem_rs_dev_open_async`]). On failure
+/// returns null, writes a message into `err` and a JSON-RPC error code into
+/// `*err_code`.
 ///
 /// # Safety
 /// `params` must point to `len` readable bytes; `err` to `err_len` writable
@@ -82,36 +111,75 @@ pub unsafe extern "C" fn iomem_rs_dev_open(
     err_len: usize,
     err_code: *mut i32,
 ) -> *mut RsDev {
-    let fail = |code: i32, msg: String| {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { write_err(err, err_len, &msg) };
-        if !err_code.is_null() {
-            // SAFETY: non-null and writable by contract.
-            unsafe { *err_code = code };
+    // SAFETY: forwarded from this function's contract.
+    match open_text(unsafe { params_text(params, len) }) {
+        Ok(dev) => dev,
+        Err((code, msg)) => {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { write_err(err, err_len, &msg) };
+            if !err_code.is_null() {
+                // SAFETY: non-null and writable by contract.
+                unsafe { *err_code = code };
+            }
+            std::ptr::null_mut()
         }
-        std::ptr::null_mut()
-    };
-    if params.is_null() {
-        return fail(
-            crate::params::JSONRPC_INVALID_PARAMS,
-            "missing parameters".into(),
-        );
     }
-    // SAFETY: `params` points to `len` readable bytes (contract).
-    let bytes = unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) };
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return fail(
-            crate::params::JSONRPC_INVALID_PARAMS,
-            "parameters are not UTF-8".into(),
-        );
-    };
-    let parsed = match CreateParams::from_json(text) {
-        Ok(p) => p,
-        Err(e) => return fail(e.rpc_code(), e.to_string()),
-    };
-    match BdevDevice::open(parsed) {
-        Ok(dev) => Box::into_raw(Box::new(RsDev(dev))),
-        Err(e) => fail(e.rpc_code(), e.to_string()),
+}
+
+/// A caller's context pointer carried to a worker thread and back.
+struct CallerCtx(*mut c_void);
+
+// SAFETY: the pointer is never dereferenced by Rust; it is only handed back
+// to the caller's callback, whose contract (see the `_async` functions) is
+// to be callable from any thread.
+unsafe impl Send for CallerCtx {}
+
+impl CallerCtx {
+    /// Moves the whole wrapper into a closure (not just its field).
+    fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// Completion of [`iomem_rs_dev_open_async`]: `(arg, dev, code, msg)`;
+/// `dev` non-null on success, else `code`/`msg` say why (`msg` valid only
+/// during the call).
+pub type OpenDoneFn =
+    extern "C" fn(arg: *mut c_void, dev: *mut RsDev, code: i32, msg: *const c_char);
+
+/// Like [`iomem_rs_dev_open`], but on a worker thread, so the SPDK thread
+/// that received the RPC keeps polling during a format or recovery scan.
+/// `done` is called exactly once, from the worker thread. Returns 0, or
+/// -EAGAIN if no thread could be started (`done` is then not called).
+///
+/// # Safety
+/// `params` must point to `len` readable bytes (copied before returning);
+/// `done` must be callable from any thread with `arg`.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_open_async(
+    params: *const c_char,
+    len: usize,
+    done: OpenDoneFn,
+    arg: *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    let text = unsafe { params_text(params, len) };
+    let ctx = CallerCtx(arg);
+    let spawned = std::thread::Builder::new()
+        .name("iomem-open".into())
+        .spawn(move || {
+            let arg = ctx.get();
+            match open_text(text) {
+                Ok(dev) => done(arg, dev, 0, std::ptr::null()),
+                Err((code, msg)) => {
+                    let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                    done(arg, std::ptr::null_mut(), code, msg.as_ptr());
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => 0,
+        Err(_) => -libc::EAGAIN,
     }
 }
 
@@ -362,6 +430,47 @@ pub unsafe extern "C" fn iomem_rs_dev_detach(
             unsafe { write_err(err, err_len, &e.to_string()) };
             -libc::EIO
         }
+    }
+}
+
+/// Completion of [`iomem_rs_dev_detach_async`]: `(arg, rc, msg)` with `rc`
+/// as [`iomem_rs_dev_detach`] returns it; `msg` (null on success) valid only
+/// during the call.
+pub type DetachDoneFn = extern "C" fn(arg: *mut c_void, rc: i32, msg: *const c_char);
+
+/// Like [`iomem_rs_dev_detach`] (checkpoint and clean mark), on a worker
+/// thread so the SPDK thread keeps polling meanwhile. `done` is called
+/// exactly once, from the worker. Returns 0, or -EAGAIN if no thread could
+/// be started (`done` is then not called).
+///
+/// # Safety
+/// `dev` must be a live handle that stays live until `done` ran; `done`
+/// must be callable from any thread with `arg`.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_detach_async(
+    dev: *const RsDev,
+    done: DetachDoneFn,
+    arg: *mut c_void,
+) -> i32 {
+    // SAFETY: live handle (contract).
+    let dev = Arc::clone(unsafe { dev_ref(dev) });
+    let ctx = CallerCtx(arg);
+    let spawned = std::thread::Builder::new()
+        .name("iomem-detach".into())
+        .spawn(move || {
+            let arg = ctx.get();
+            match dev.detach() {
+                Ok(Detached::Clean) => done(arg, 0, std::ptr::null()),
+                Ok(Detached::CardLost) => done(arg, 1, std::ptr::null()),
+                Err(e) => {
+                    let msg = CString::new(e.to_string().replace('\0', " ")).unwrap_or_default();
+                    done(arg, -libc::EIO, msg.as_ptr());
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => 0,
+        Err(_) => -libc::EAGAIN,
     }
 }
 

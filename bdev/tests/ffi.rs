@@ -286,3 +286,80 @@ fn full_lifecycle_through_the_abi() {
         iomem_rs_dev_free(dev);
     }
 }
+
+type OpenResult = std::sync::mpsc::Sender<(usize, i32, String)>;
+
+extern "C" fn open_done(arg: *mut c_void, dev: *mut RsDev, code: i32, msg: *const c_char) {
+    let text = if msg.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the library passes a valid string for the duration of the call.
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    // SAFETY: the test passes a `*const OpenResult` that outlives the call.
+    let tx = unsafe { &*arg.cast::<OpenResult>() };
+    tx.send((dev as usize, code, text)).unwrap();
+}
+
+extern "C" fn detach_done(arg: *mut c_void, rc: i32, msg: *const c_char) {
+    assert!(rc != 0 || msg.is_null(), "success carries no message");
+    // SAFETY: the test passes a `*const OpenResult` that outlives the call.
+    let tx = unsafe { &*arg.cast::<OpenResult>() };
+    tx.send((0, rc, String::new())).unwrap();
+}
+
+#[test]
+fn open_and_detach_run_on_worker_threads() {
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, i32, String)>();
+    let arg = (&tx as *const OpenResult).cast_mut().cast::<c_void>();
+    let bad = r#"{"name":"a","path":"/nonexistent/card.img"}"#;
+    // SAFETY: valid params; `tx` outlives the callback (we wait for it).
+    assert_eq!(
+        unsafe { iomem_rs_dev_open_async(bad.as_ptr().cast(), bad.len(), open_done, arg) },
+        0
+    );
+    let (dev, code, msg) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!((dev, code), (0, JSONRPC_INVALID_PARAMS));
+    assert!(msg.contains("iomem sim create"), "{msg}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), 12);
+    let json = format!(
+        r#"{{"name":"iomA","path":"{}","format_if_blank":true}}"#,
+        path.display()
+    );
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { iomem_rs_dev_open_async(json.as_ptr().cast(), json.len(), open_done, arg) },
+        0
+    );
+    let (dev, code, msg) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(code, 0, "{msg}");
+    let dev = dev as *mut RsDev;
+    assert!(!dev.is_null());
+    // SAFETY: `dev` is live until freed below; `tx` outlives the callback.
+    unsafe {
+        assert_eq!(
+            CStr::from_ptr(iomem_rs_dev_name(dev)).to_str().unwrap(),
+            "iomA"
+        );
+        assert_eq!(iomem_rs_dev_begin_destruct(dev), 0);
+        assert_eq!(iomem_rs_dev_detach_async(dev, detach_done, arg), 0);
+    }
+    let (_, rc, _) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(rc, 0, "clean detach");
+    // A second detach is refused (already detached).
+    let mut err = [0 as c_char; 256];
+    // SAFETY: live handle, valid buffer; freed once afterwards.
+    unsafe {
+        assert!(iomem_rs_dev_detach(dev, err.as_mut_ptr(), err.len()) < 0);
+        iomem_rs_dev_free(dev);
+    }
+    assert!(
+        err_text(&err).contains("cannot detach"),
+        "{}",
+        err_text(&err)
+    );
+}
