@@ -23,9 +23,42 @@ pub struct Args {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Cards to show: emulated card image paths.
+    /// Cards to show: emulated card image paths, or PCI addresses of real
+    /// cards (identity from sysfs; their command protocol is not supported).
     #[arg(required = true)]
     pub cards: Vec<PathBuf>,
+    /// sysfs root for PCI addresses (for recorded trees).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sysfs: PathBuf,
+}
+
+/// What is known of a real card at a PCI address: its identity and BARs
+/// from sysfs, and that its command protocol is not supported.
+fn pci_card_report(root: &iomemory::pci::SysfsRoot, address: iomemory::pci::PciAddress) -> Result<String, String> {
+    use iomemory::pci::DeviceKind;
+    let dev = iomemory::pci::read_device(root, address).map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    let _ = writeln!(s, "{address}\t{}", dev.name());
+    let _ = writeln!(
+        s,
+        "\tVendor:{:04x}, Device:{:04x}, Sub vendor:{:04x}, Sub device:{:04x}",
+        dev.vendor, dev.device, dev.subsystem_vendor, dev.subsystem_device
+    );
+    let _ = writeln!(s, "\tDriver: {}", dev.driver.as_deref().unwrap_or("none"));
+    if let Ok(bars) = iomemory::vfio::sysfs_bars(root, address) {
+        for line in iomemory::vfio::render_bars(&bars).lines() {
+            let _ = writeln!(s, "\t{line}");
+        }
+    }
+    match &dev.kind {
+        DeviceKind::IoMemory(_) => {
+            let _ = writeln!(s, "\tState: Detached: {}", iomemory::pci::UNSUPPORTED_PROTOCOL_REASON);
+        }
+        _ => {
+            let _ = writeln!(s, "\tNot an ioMemory card (`iomem nvme identify {address}` for NVMe controllers)");
+        }
+    }
+    Ok(s)
 }
 
 /// Everything the report needs about one card.
@@ -289,7 +322,16 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
 /// Runs `iomem status`.
 pub fn run(args: Args) -> Result<ExitCode, String> {
     let mut cards = Vec::new();
+    let mut real = Vec::new();
     for path in &args.cards {
+        let text = path.display().to_string();
+        if !path.exists() {
+            if let Ok(address) = text.parse::<iomemory::pci::PciAddress>() {
+                let root = iomemory::pci::SysfsRoot::new(args.sysfs.clone(), "/proc/self/mounts");
+                real.push(pci_card_report(&root, address)?);
+                continue;
+            }
+        }
         let card = open_image(path)?;
         cards.push(CardFacts::gather(path.display().to_string(), &card, None)?);
     }
@@ -301,7 +343,13 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         });
         println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
     } else {
-        print!("{}", render(&cards, args.all));
+        if !cards.is_empty() {
+            print!("{}", render(&cards, args.all));
+        }
+        for r in &real {
+            println!();
+            print!("{r}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
