@@ -297,6 +297,14 @@ mod tests {
         }
     }
 
+    /// Translates a descriptor these tests built for a 100-block device of
+    /// 4 KiB blocks.
+    fn tr(d: &IoDesc) -> Result<Op<'_>, TranslateError> {
+        // SAFETY: every test builds `d` from iovecs (or none) that outlive
+        // the returned op.
+        unsafe { translate(d, 4096, 100) }
+    }
+
     fn iov(buf: &mut [u8]) -> libc::iovec {
         libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -319,7 +327,7 @@ mod tests {
         let iovs = [iov(&mut a), iov(&mut b)];
         let d = desc(spdk_io_type::WRITE, 10, 3, &iovs);
         // SAFETY: `iovs` outlives the translated op.
-        let op = unsafe { translate(&d, 4096, 100) }.unwrap();
+        let op = tr(&d).unwrap();
         match op {
             Op::Write {
                 lba,
@@ -333,9 +341,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let d = desc(spdk_io_type::READ, 97, 3, &iovs);
-        // SAFETY: as above.
         assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
+            tr(&d),
             Ok(Op::Read {
                 lba: 97,
                 count: 3,
@@ -350,7 +357,7 @@ mod tests {
         let iovs = [iov(&mut a)];
         let d = desc(spdk_io_type::WRITE, 0, 2, &iovs);
         // SAFETY: `iovs` outlives the call.
-        let err = unsafe { translate(&d, 4096, 100) }.unwrap_err();
+        let err = tr(&d).unwrap_err();
         assert_eq!(
             err,
             TranslateError::LengthMismatch {
@@ -360,39 +367,19 @@ mod tests {
             }
         );
         let d = desc(spdk_io_type::READ, 100, 1, &iovs);
-        // SAFETY: as above.
-        assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
-            Err(TranslateError::OutOfRange { .. })
-        ));
+        assert!(matches!(tr(&d), Err(TranslateError::OutOfRange { .. })));
         let d = desc(spdk_io_type::UNMAP, u64::MAX, 2, &[]);
-        // SAFETY: no iovecs.
-        assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
-            Err(TranslateError::OutOfRange { .. })
-        ));
+        assert!(matches!(tr(&d), Err(TranslateError::OutOfRange { .. })));
         let d = desc(spdk_io_type::WRITE_ZEROES, 5, 0, &[]);
-        // SAFETY: no iovecs.
-        assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
-            Err(TranslateError::Malformed(_))
-        ));
+        assert!(matches!(tr(&d), Err(TranslateError::Malformed(_))));
         let d = desc(spdk_io_type::READ, 5, 1, &[]);
-        // SAFETY: no iovecs.
-        assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
-            Err(TranslateError::Malformed(_))
-        ));
+        assert!(matches!(tr(&d), Err(TranslateError::Malformed(_))));
         let null = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 4096,
         }];
         let d = desc(spdk_io_type::READ, 5, 1, &null);
-        // SAFETY: `null` outlives the call; its address is never dereferenced.
-        assert!(matches!(
-            unsafe { translate(&d, 4096, 100) },
-            Err(TranslateError::Malformed(_))
-        ));
+        assert!(matches!(tr(&d), Err(TranslateError::Malformed(_))));
     }
 
     #[test]

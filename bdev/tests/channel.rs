@@ -153,9 +153,8 @@ fn bad_requests_fail_at_submit_and_change_nothing() {
         desc(spdk_io_type::UNMAP, n, 1, &[], 5),
     ];
     for d in &cases {
-        // SAFETY: `buf` outlives the call; nothing is queued.
         assert_eq!(
-            unsafe { ch.submit(d) },
+            submit(&mut ch, d),
             Submitted::Done(IoStatus::Failed),
             "token {}",
             d.token
@@ -185,8 +184,10 @@ fn a_full_queue_answers_nomem_and_retries_succeed() {
     let iovs: Vec<[libc::iovec; 1]> = (0..N).map(|i| [src.iov(i * BS, BS)]).collect();
     let mut retry = Vec::new();
     for (i, iov) in iovs.iter().enumerate() {
-        // SAFETY: `src` and `iovs` outlive every request (all complete below).
-        match unsafe { ch.submit(&desc(spdk_io_type::WRITE, i as u64, 1, iov, i as u64)) } {
+        match submit(
+            &mut ch,
+            &desc(spdk_io_type::WRITE, i as u64, 1, iov, i as u64),
+        ) {
             Submitted::Queued => {}
             Submitted::Done(IoStatus::NoMem) => retry.push(i),
             other => panic!("write {i}: {other:?}"),
@@ -205,9 +206,10 @@ fn a_full_queue_answers_nomem_and_retries_succeed() {
             assert!(done.insert(t, s).is_none(), "request {t} completed twice");
         });
         pending.retain(|&i| {
-            // SAFETY: as above.
-            match unsafe { ch.submit(&desc(spdk_io_type::WRITE, i as u64, 1, &iovs[i], i as u64)) }
-            {
+            match submit(
+                &mut ch,
+                &desc(spdk_io_type::WRITE, i as u64, 1, &iovs[i], i as u64),
+            ) {
                 Submitted::Queued => false,
                 Submitted::Done(IoStatus::NoMem) => true,
                 other => panic!("retry {i}: {other:?}"),
@@ -240,15 +242,16 @@ fn a_reset_completes_after_the_requests_before_it() {
     let mut ch = dev.open_channel().unwrap();
     let iovs: Vec<[libc::iovec; 1]> = (0..4).map(|i| [buf.iov(i * BS, BS)]).collect();
     for (i, iov) in iovs.iter().enumerate() {
-        // SAFETY: `buf` outlives the requests (completed below).
         assert_eq!(
-            unsafe { ch.submit(&desc(spdk_io_type::WRITE, i as u64, 1, iov, i as u64)) },
+            submit(
+                &mut ch,
+                &desc(spdk_io_type::WRITE, i as u64, 1, iov, i as u64)
+            ),
             Submitted::Queued
         );
     }
-    // SAFETY: no buffers.
     assert_eq!(
-        unsafe { ch.submit(&desc(spdk_io_type::RESET, 0, 0, &[], 99)) },
+        submit(&mut ch, &desc(spdk_io_type::RESET, 0, 0, &[], 99)),
         Submitted::Queued
     );
     assert_eq!(ch.outstanding(), 5);
@@ -284,8 +287,10 @@ fn delete_with_io_in_flight_drains_detaches_clean_and_data_survives() {
     let mut ch = dev.open_channel().unwrap();
     let iovs: Vec<[libc::iovec; 1]> = (0..16).map(|i| [src.iov(i * BS, BS)]).collect();
     for (i, iov) in iovs.iter().enumerate() {
-        // SAFETY: `src` outlives the requests, drained by close below.
-        let r = unsafe { ch.submit(&desc(spdk_io_type::WRITE, i as u64 * 7, 1, iov, i as u64)) };
+        let r = submit(
+            &mut ch,
+            &desc(spdk_io_type::WRITE, i as u64 * 7, 1, iov, i as u64),
+        );
         assert_eq!(r, Submitted::Queued);
     }
     // The delete RPC, then SPDK's destruct, while 16 writes are in flight.
@@ -347,8 +352,7 @@ fn a_power_cut_fails_io_and_starts_one_hot_remove() {
     let iov = [buf.iov(0, BS)];
     let mut removes = 0;
     let mut status = None;
-    // SAFETY: `buf` outlives the request, which completes in the loop.
-    match unsafe { a.submit(&desc(spdk_io_type::WRITE, 1, 1, &iov, 42)) } {
+    match submit(&mut a, &desc(spdk_io_type::WRITE, 1, 1, &iov, 42)) {
         Submitted::Done(s) => status = Some(s),
         Submitted::Queued => {}
     }

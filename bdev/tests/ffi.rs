@@ -164,10 +164,8 @@ fn full_lifecycle_through_the_abi() {
     // DMA: SPDK announces its memory; I/O on it is zero-copy.
     let mut buf = HostBuf::new(4 * 4096);
     // SAFETY: live handle; `buf` outlives the registration (unregistered below).
-    assert_eq!(
-        unsafe { iomem_rs_dev_dma_register(dev, buf.ptr().cast(), buf.len()) },
-        1
-    );
+    let reachable = unsafe { iomem_rs_dev_dma_register(dev, buf.ptr().cast(), buf.len()) };
+    assert_eq!(reachable, 1);
     let data = pattern(5, 9, 4 * 4096);
     buf.fill(&data);
 
@@ -316,10 +314,8 @@ fn open_and_detach_run_on_worker_threads() {
     let arg = (&tx as *const OpenResult).cast_mut().cast::<c_void>();
     let bad = r#"{"name":"a","path":"/nonexistent/card.img"}"#;
     // SAFETY: valid params; `tx` outlives the callback (we wait for it).
-    assert_eq!(
-        unsafe { iomem_rs_dev_open_async(bad.as_ptr().cast(), bad.len(), open_done, arg) },
-        0
-    );
+    let rc = unsafe { iomem_rs_dev_open_async(bad.as_ptr().cast(), bad.len(), open_done, arg) };
+    assert_eq!(rc, 0);
     let (dev, code, msg) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
     assert_eq!((dev, code), (0, JSONRPC_INVALID_PARAMS));
     assert!(msg.contains("iomem sim create"), "{msg}");
@@ -331,10 +327,8 @@ fn open_and_detach_run_on_worker_threads() {
         path.display()
     );
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { iomem_rs_dev_open_async(json.as_ptr().cast(), json.len(), open_done, arg) },
-        0
-    );
+    let rc = unsafe { iomem_rs_dev_open_async(json.as_ptr().cast(), json.len(), open_done, arg) };
+    assert_eq!(rc, 0);
     let (dev, code, msg) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(code, 0, "{msg}");
     let dev = dev as *mut RsDev;

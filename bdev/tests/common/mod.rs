@@ -133,11 +133,17 @@ pub fn desc(io_type: u32, lba: u64, blocks: u64, iovs: &[libc::iovec], token: u6
     }
 }
 
+/// Submits one request built by these tests.
+pub fn submit(ch: &mut BdevChannel, d: &IoDesc) -> Submitted {
+    // SAFETY: every test keeps the buffers behind `d` alive and untouched
+    // until the request completes (it polls or closes the channel before
+    // dropping them).
+    unsafe { ch.submit(d) }
+}
+
 /// Submits one request and polls until it completed; returns its status.
 pub fn run(ch: &mut BdevChannel, d: &IoDesc) -> IoStatus {
-    // SAFETY: the tests' buffers outlive the request, which completes
-    // before this function returns.
-    match unsafe { ch.submit(d) } {
+    match submit(ch, d) {
         Submitted::Done(s) => s,
         Submitted::Queued => {
             let mut got = None;
