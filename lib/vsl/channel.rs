@@ -796,7 +796,16 @@ impl VslChannel {
         let mut done = 0;
         while done < count {
             let k = (count - done).min(CMD_PAGES as u32);
-            let Some(c) = self.cmd_free.pop() else { break };
+            let slot = if self.q.free_slots() > 0 { self.cmd_free.pop() } else { None };
+            let Some(c) = slot else {
+                // No command slot: keep the rest of the block as an append
+                // point instead of leaving it unwritten forever.
+                self.ring.adopt(super::alloc::AppendPoint {
+                    block,
+                    next: first + done,
+                });
+                break;
+            };
             let c = c as usize;
             {
                 let cmd = &mut self.cmds[c];
@@ -1286,6 +1295,19 @@ impl VslChannel {
     fn continue_program(&mut self, c: usize, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
         let (kind, off, n) = (self.cmds[c].kind, self.cmds[c].off, self.cmds[c].n);
         let left = n - off;
+        // Take an extent only when it can be submitted at once: pages of a
+        // block must reach the card in order.
+        let pad_cmds = if kind == CmdKind::Atomic {
+            (self.layout.pages_per_block() as usize).div_ceil(CMD_PAGES)
+        } else {
+            0
+        };
+        if self.q.free_slots() <= pad_cmds || self.cmd_free.len() < pad_cmds {
+            self.cmds[c].cnt = 0;
+            self.cmds[c].stalled = true;
+            let _ = self.stalled.push(c as u16);
+            return 0;
+        }
         let ext = if kind == CmdKind::Atomic {
             match self.ring.take_contiguous(&self.vsl.blocks, left, 0) {
                 Ok((pad, e)) => {
