@@ -47,6 +47,7 @@ EOF
 "$BIN/spdk_dd" -u -m "$INIT_CORES" -s 256 --json "$WORK/nvmf-init.json" --if "$WORK/data.bin" --ob Nvme0n1 \
 	--bs 131072 --seek 512 --qd 8 > "$WORK/dd-write.log" 2>&1 || { cat "$WORK/dd-write.log"; die "spdk_dd over NVMe-oF"; }
 
+result "nvmf-tcp iom0 counters: $(iomem_io "$sock" iom0)"
 log "detach the card (stop the target: bdev destruct checkpoints it)"
 stop_app nvmf "$sock"
 grep -q "iom0: card checkpointed and detached" "$WORK/nvmf.log" || die "target did not detach the card cleanly"

@@ -55,6 +55,9 @@ print("%.0f %.1f %d" % (r["iops"], r["avg_latency_us"], r["io_failed"]))' "$WORK
 		eval "IOPS_${name}_${rw}=$iops"
 		result "bdevperf 4k $rw QD32 ${SECS}s: $bdev ($blocks x 4 KiB) $iops IOPS, avg $lat us"
 	done
+	if ((preload)); then
+		result "bdevperf $bdev counters: $(iomem_io "$sock" "$bdev")"
+	fi
 	stop_app "bdevperf-$name" "$sock"
 }
 

@@ -39,5 +39,6 @@ import json, sys
 io = json.loads(sys.argv[1])[0]["driver_specific"]["iomemory"]["io"]
 print(io["writes"], io["reads"], io["bounced"])' "$info")
 ((writes > 0 && reads > 0)) || die "iom0 saw no I/O ($writes writes, $reads reads)"
+result "vhost iom0 counters: $(iomem_io "$sock" iom0)"
 stop_app vhost "$sock"
 result "vhost-user-blk: bdevperf verify over virtio-user -> vhost -> iom0, ${SECS}s QD32 4k: $iops IOPS, 0 failures; iom0 served $writes writes, $reads reads ($bounced bounced)"

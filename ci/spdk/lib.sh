@@ -182,6 +182,17 @@ iomem_entry() {
 	printf '{"method":"bdev_iomemory_create","params":{"name":"%s","path":"%s","format_if_blank":true}}' "$1" "$2"
 }
 
+# iomem_io SOCK BDEV: the iomemory bdev's I/O counters, one line.
+iomem_io() {
+	python3 "$SPDK_DIR/scripts/rpc.py" -s "$1" bdev_get_bdevs -b "$2" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)[0]["driver_specific"]["iomemory"]
+io, dma = d["io"], d["dma"]
+print("%d reads, %d writes, %d failed, %d nomem, %d bounced; DMA %d region(s) %d MiB, %d refused"
+      % (io["reads"], io["writes"], io["failed"], io["nomem"], io["bounced"],
+         dma["regions"], dma["bytes"] >> 20, dma["refused"]))'
+}
+
 # bdevperf_iops LOGFILE BDEV: IOPS of BDEV from a bdevperf summary.
 bdevperf_iops() {
 	awk -v b="$2" '$1 == b && $2 == ":" { print $4 }' "$1" | tail -1
