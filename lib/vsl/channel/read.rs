@@ -1,0 +1,226 @@
+//! Reads: map lookups (pinning the blocks read from against erasure),
+//! page reads into staging or straight into the caller's buffer, and the
+//! checks on completion (OOB names the LBA, data matches its CRC).
+
+use super::*;
+
+impl VslChannel {
+    /// Reads sectors from `lba` into `data`. Never-written and unmapped
+    /// sectors read as zeros.
+    pub fn read(&mut self, lba: u64, data: &[IoVec], ctx: u64) -> Result<(), SubmitError> {
+        if self.vsl.is_offline() {
+            return Err(SubmitError::Offline);
+        }
+        let count = self.check_buffers(lba, data)?;
+        if self.req_free.is_empty() {
+            return Err(SubmitError::QueueFull);
+        }
+        let ss = self.sector_size;
+        self.runs.clear();
+        let vsl = self.vsl.clone();
+        let layout = self.layout;
+        let mut vi = 0usize;
+        let mut voff = 0usize;
+        let mut data_runs = 0usize;
+        let mut staged = 0usize;
+        for s in 0..count {
+            while voff >= data[vi].len() {
+                vi += 1;
+                voff = 0;
+            }
+            let v = data[vi];
+            let dst = v.ptr() as usize + voff;
+            let dst_iova = v.iova() + voff as u64;
+            voff += ss;
+            let l = lba + s;
+            let phys = loop {
+                let phys = vsl.map.get(l);
+                if phys == UNMAPPED || vsl.is_trim(phys) {
+                    break UNMAPPED;
+                }
+                let b = layout.block_of(phys);
+                vsl.blocks.get(b).readers.fetch_add(1, Ordering::SeqCst);
+                if vsl.map.get(l) == phys {
+                    break phys;
+                }
+                vsl.blocks.get(b).readers.fetch_sub(1, Ordering::SeqCst);
+            };
+            let zero = phys == UNMAPPED;
+            let page = if zero { u32::MAX } else { layout.page_of(phys) };
+            let slot = if zero { 0 } else { layout.slot_of(phys) as u8 };
+            if let Some(last) = self.runs.last_mut() {
+                let contiguous_dst = last.dst + last.nslots as usize * ss == dst;
+                if contiguous_dst
+                    && last.zero == zero
+                    && (zero || (last.page == page && last.slot as u32 + last.nslots as u32 == slot as u32))
+                    && (last.nslots as u32) < u8::MAX as u32
+                {
+                    last.nslots += 1;
+                    continue;
+                }
+            }
+            let zero_copy = !zero && self.spp == 1 && dst_iova.is_multiple_of(self.page_size as u64);
+            if !zero {
+                data_runs += 1;
+                if !zero_copy {
+                    staged += 1;
+                }
+            }
+            self.runs.push(Run {
+                lba: l,
+                dst,
+                dst_iova: if zero_copy { dst_iova } else { 0 },
+                page,
+                slot,
+                nslots: 1,
+                zero,
+            });
+        }
+        let cmds = data_runs.div_ceil(CMD_PAGES);
+        if !self.have_room(cmds, staged) {
+            for run in self.runs.iter().filter(|r| !r.zero) {
+                vsl.blocks
+                    .get(layout.block_of_page(run.page))
+                    .readers
+                    .fetch_sub(run.nslots as u32, Ordering::SeqCst);
+            }
+            return Err(SubmitError::QueueFull);
+        }
+        let r = self.alloc_req(ctx, ReqKind::Read);
+        self.reqs[r as usize].lba = lba;
+        self.reqs[r as usize].count = count;
+        let mut c = usize::MAX;
+        let mut n = 0usize;
+        let mut ppas = [Ppa::new(0, 0, 0); CMD_PAGES];
+        for ri in 0..self.runs.len() {
+            let run = self.runs[ri];
+            if run.zero {
+                // SAFETY: the caller promised `nslots * ss` writable bytes at
+                // `dst` for this read.
+                unsafe { std::ptr::write_bytes(run.dst as *mut u8, 0, run.nslots as usize * ss) };
+                continue;
+            }
+            if c == usize::MAX {
+                c = self.cmd_free.pop().unwrap_or(0) as usize;
+                let cmd = &mut self.cmds[c];
+                cmd.kind = CmdKind::Read;
+                cmd.req = r;
+                cmd.n = 0;
+                cmd.stalled = false;
+                n = 0;
+            }
+            let (iova, stage) = if run.dst_iova != 0 {
+                (run.dst_iova, NO_STAGE)
+            } else {
+                let s = self.staging_free.pop().unwrap_or(0);
+                (self.stage_iova(s), s)
+            };
+            ppas[n] = layout.ppa(run.page);
+            let cmd = &mut self.cmds[c];
+            cmd.data[n] = iova;
+            cmd.staging[n] = stage;
+            cmd.runs[n] = run;
+            n += 1;
+            cmd.n = n as u32;
+            if n == CMD_PAGES {
+                self.submit_read(c, &ppas[..n], r);
+                c = usize::MAX;
+            }
+        }
+        if c != usize::MAX {
+            self.submit_read(c, &ppas[..n], r);
+        }
+        if self.reqs[r as usize].pending == 0 {
+            let _ = self.ready.push(r);
+        }
+        Ok(())
+    }
+    pub(super) fn submit_read(&mut self, c: usize, ppas: &[Ppa], r: u16) {
+        let data = self.cmds[c].data;
+        let res = self.q.read(ppas, &data[..ppas.len()], Some(self.oob_iova(c, 0)), c as u64);
+        if res.is_ok() {
+            self.reqs[r as usize].pending += 1;
+        } else {
+            self.fail_read_cmd(c, IoError::Media {
+                lba: self.cmds[c].runs[0].lba,
+                status: CardStatus::Internal,
+            });
+        }
+    }
+    pub(super) fn fail_read_cmd(&mut self, c: usize, e: IoError) {
+        let r = self.cmds[c].req as usize;
+        self.reqs[r].error.get_or_insert(e);
+        self.release_cmd(c);
+    }
+    pub(super) fn on_read(&mut self, c: usize, comp: Completion, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
+        let r = self.cmds[c].req;
+        let n = self.cmds[c].n as usize;
+        let ss = self.sector_size;
+        if comp.corrected_bits > 0 {
+            self.vsl.ctr.ecc_corrected_bits.fetch_add(comp.corrected_bits as u64, Ordering::Relaxed);
+            self.vsl.ctr.ecc_corrected_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut raw = [0u8; OOB_RECORD_LEN];
+        for i in 0..n {
+            let run = self.cmds[c].runs[i];
+            if comp.status == CardStatus::PowerCut {
+                self.reqs[r as usize].error.get_or_insert(IoError::PowerLost);
+                break;
+            }
+            if comp.failed_mask & (1 << i) != 0 || (!comp.status.is_ok() && comp.failed_mask == 0) {
+                let e = if comp.status == CardStatus::Uncorrectable {
+                    self.vsl.ctr.uncorrectable_reads.fetch_add(1, Ordering::Relaxed);
+                    IoError::Uncorrectable { lba: run.lba }
+                } else {
+                    IoError::Media {
+                        lba: run.lba,
+                        status: comp.status,
+                    }
+                };
+                self.reqs[r as usize].error.get_or_insert(e);
+                continue;
+            }
+            let stage = self.cmds[c].staging[i];
+            let page_ptr = if stage == NO_STAGE {
+                run.dst as *const u8
+            } else {
+                self.stage_ptr(stage) as *const u8
+            };
+            // SAFETY: the read completed, so the card no longer writes the
+            // page (staging page or the caller's zero-copy buffer, which is
+            // page_size long there); the OOB slot is ours.
+            let (page, ok) = unsafe {
+                std::ptr::copy_nonoverlapping(self.oob_ptr(c, i), raw.as_mut_ptr(), OOB_RECORD_LEN);
+                let page = std::slice::from_raw_parts(page_ptr, self.page_size);
+                let ok = match OobRecord::decode(&raw) {
+                    Some(d) => {
+                        d.record.kind == PageKind::Data
+                            && (0..run.nslots as usize)
+                                .all(|k| d.record.lbas[run.slot as usize + k] as u64 == run.lba + k as u64)
+                            && d.data_matches(page)
+                    }
+                    None => false,
+                };
+                (page.as_ptr(), ok)
+            };
+            if !ok {
+                self.vsl.ctr.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                self.reqs[r as usize].error.get_or_insert(IoError::Corrupt { lba: run.lba });
+                continue;
+            }
+            if stage != NO_STAGE {
+                // SAFETY: source is our staging page; destination is the
+                // caller's buffer promised writable for this read.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        page.add(run.slot as usize * ss),
+                        run.dst as *mut u8,
+                        run.nslots as usize * ss,
+                    )
+                };
+            }
+        }
+        self.release_cmd(c);
+        self.cmd_done(r, f)
+    }
+}
