@@ -7,6 +7,9 @@ mod serve_common;
 
 use serve_common::vhost::*;
 use serve_common::*;
+use ::vhost::vhost_user::message::VhostUserConfigFlags;
+use ::vhost::vhost_user::VhostUserFrontend;
+use ::vhost::VhostBackend;
 
 fn start(dir: &std::path::Path, queues: &str) -> (Server, std::path::PathBuf) {
     let card = make_card(dir, "card0.img", "128MiB");
@@ -112,6 +115,12 @@ fn every_request_type_on_several_queues() {
 
     let (ok, out, _) = srv.rpc("export_list", None);
     assert!(ok && out.contains("vhost-user-blk"), "{out}");
+    // GET_VRING_BASE stops each queue after its requests completed and
+    // reports how far the device consumed the avail ring.
+    for q in 0..2 {
+        let n = d.submitted(q);
+        assert_eq!(d.frontend().get_vring_base(q).unwrap(), u32::from(n), "queue {q}");
+    }
     drop(d);
     assert!(srv.signal_and_wait(libc::SIGTERM).success());
 }
@@ -172,4 +181,37 @@ fn malformed_chains_fail_only_their_request() {
     assert_eq!(d.request(0, T_IN, 0, &[(buf, 8192)]).0, S_OK);
     assert_eq!(d.read_mem(buf, 8192), data);
     assert!(srv.signal_and_wait(libc::SIGTERM).success(), "clean exit with a VMM connected");
+}
+
+#[test]
+fn protocol_edge_cases_close_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut srv, sock) = start(dir.path(), "2");
+    let mut d = Driver::connect(&sock, 2, 64);
+    // A config read at an offset returns that slice (seg_max at 12).
+    let (_, part) = d.frontend().get_config(12, 4, VhostUserConfigFlags::WRITABLE, &[0u8; 4]).unwrap();
+    assert_eq!(part.to_vec(), d.config[12..16].to_vec());
+    // A queue index beyond the device: the backend refuses the message and
+    // drops this connection; the service survives and takes a new one.
+    let _ = d.frontend().set_vring_num(7, 64);
+    drop(d);
+    let mut d = Driver::connect(&sock, 2, 64);
+    let data = pattern(1, 4096, 1);
+    d.write_mem(DATA, &data);
+    assert_eq!(d.request(1, T_OUT, 0, &[(DATA, 4096)]).0, S_OK);
+    assert_eq!(d.request(0, T_IN, 0, &[(DATA + 4096, 4096)]).0, S_OK);
+    assert_eq!(d.read_mem(DATA + 4096, 4096), data);
+    // A VMM that vanishes with requests in flight: nothing breaks.
+    for i in 0..16 {
+        let at = Driver::scratch(0, i + 1);
+        d.header(at, T_OUT, 8 * (i as u64 + 1));
+        d.submit(0, &[(at, 16, false), (DATA, 4096, false), (at + 16, 1, true)]);
+    }
+    drop(d);
+    let mut d = Driver::connect(&sock, 1, 64);
+    assert_eq!(d.request(0, T_IN, 0, &[(DATA + 8192, 4096)]).0, S_OK);
+    assert_eq!(d.read_mem(DATA + 8192, 4096), data);
+    drop(d);
+    assert!(srv.child.try_wait().unwrap().is_none(), "server died");
+    assert!(srv.signal_and_wait(libc::SIGTERM).success());
 }

@@ -268,6 +268,11 @@ impl Driver {
         (self.read_mem(at + 16, 1)[0], len)
     }
 
+    /// Chains made available on queue `q` so far (the avail index).
+    pub fn submitted(&self, q: usize) -> u16 {
+        self.qs[q].avail_idx
+    }
+
     /// Frontend access for protocol-level tests.
     pub fn frontend(&mut self) -> &mut Frontend {
         &mut self.fe

@@ -73,9 +73,13 @@ impl Reactor {
         for i in 0..self.vhost.len() {
             let Some(mut q) = self.vhost[i].take() else { continue };
             if !q.stopping.is_empty() {
-                if q.inflight == 0 {
-                    // Hand back the stalled requests unanswered: the VMM
-                    // resubmits from its own state after a restart.
+                // Requests already taken from the ring are finished before
+                // the queue is handed back (GET_VRING_BASE reports them as
+                // consumed), including those still waiting for buffers.
+                if !q.stalled.is_empty() {
+                    busy |= self.vhost_take_requests(&mut q, i, false);
+                }
+                if q.inflight == 0 && q.stalled.is_empty() {
                     for a in q.stopping.drain(..) {
                         let _ = a.send(());
                     }
@@ -89,15 +93,16 @@ impl Reactor {
             if q.mem.as_ref().map(|m| m.generation) != Some(generation) {
                 q.mem = q.backend.memory();
             }
-            if !draining && q.mem.is_some() {
-                busy |= self.vhost_take_requests(&mut q, i);
+            if q.mem.is_some() {
+                busy |= self.vhost_take_requests(&mut q, i, !draining);
             }
             self.vhost[i] = Some(q);
         }
         busy
     }
 
-    fn vhost_take_requests(&mut self, q: &mut VhostQueue, slot: usize) -> bool {
+    /// Submits stalled requests, then (if `pop_new`) new chains.
+    fn vhost_take_requests(&mut self, q: &mut VhostQueue, slot: usize, pop_new: bool) -> bool {
         let Some(mem) = q.mem.clone() else { return false };
         let mut busy = false;
         // Retry requests that waited for bounce buffers first.
@@ -107,6 +112,9 @@ impl Reactor {
                 return busy;
             }
             busy = true;
+        }
+        if !pop_new {
+            return busy;
         }
         let mut chains: Vec<(u16, Vec<Desc>)> = Vec::new();
         {
