@@ -111,10 +111,10 @@ fn run_torture(args: &Args) -> Result<TortureReport, String> {
         sector_size: args.sector_size,
         ..TortureOptions::default()
     };
-    let report = torture(&nand, &opts, &mut |round, r| {
+    let report = torture(&nand, &opts, &mut |cuts, r| {
         progress::bar(
             &format!("Torture (violations {})", r.lost_writes + r.torn_atomics + r.resurrected_trims + r.corrupt_sectors + r.read_errors),
-            round,
+            cuts,
             args.cuts,
         )
     });

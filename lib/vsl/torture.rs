@@ -33,7 +33,7 @@ use super::pattern::{check_sector, fill, SectorContent};
 /// Options of a torture run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TortureOptions {
-    /// Power cuts (rounds) to perform.
+    /// Power cuts to perform (clean detach rounds come on top).
     pub cuts: u64,
     /// Seed of the workload and cut points.
     pub seed: u64,
@@ -45,7 +45,8 @@ pub struct TortureOptions {
     pub queue_depth: usize,
     /// Sector size to format with.
     pub sector_size: u32,
-    /// Every this many rounds, detach cleanly instead of cutting power.
+    /// Every this many rounds, detach cleanly instead of cutting power
+    /// (0 or 1: never).
     pub clean_every: u64,
     /// Every this many rounds, check every LBA (otherwise touched ones).
     pub full_check_every: u64,
@@ -251,7 +252,7 @@ impl Model {
 }
 
 /// Runs `opts.cuts` power-cut rounds on `nand` (formatting it first).
-/// `progress(round, report)` is called after each round.
+/// `progress(cuts done, report)` is called after each round.
 pub fn run(
     nand: &Arc<NandArray>,
     opts: &TortureOptions,
@@ -279,7 +280,8 @@ pub fn run(
         max_channels: 2,
         ..AttachOptions::default()
     };
-    for round in 0..opts.cuts {
+    let mut round = 0u64;
+    while report.cuts < opts.cuts {
         nand.power_on();
         let card = Card::open_emulated(nand.clone(), EmuOptions::default())?;
         let vsl = Vsl::attach(card.clone(), &attach_opts, &mut |_, _| {})?;
@@ -298,7 +300,7 @@ pub fn run(
         m.groups.clear();
         m.log.clear();
 
-        let clean = opts.clean_every > 0 && round % opts.clean_every == opts.clean_every - 1;
+        let clean = opts.clean_every > 1 && round % opts.clean_every == opts.clean_every - 1;
         let budget = rng.range(opts.max_ops_per_round as u64 / 2 + 1, opts.max_ops_per_round.max(2) as u64);
         let cut = rng.range(1, budget * 2);
         let emu = card.emulator().cloned();
@@ -331,9 +333,10 @@ pub fn run(
         }
         drop(vsl);
         drop(card);
-        report.rounds = round + 1;
+        round += 1;
+        report.rounds = round;
         report.elapsed_millis = start.elapsed().as_millis() as u64;
-        progress(round + 1, &report);
+        progress(report.cuts, &report);
     }
     // Final check after the last cut.
     nand.power_on();
