@@ -18,6 +18,7 @@ fn torture(plp: bool, cuts: u64, seed: u64, sector_size: u32) {
     assert_eq!(report.cuts, cuts);
     assert!(report.rounds > cuts && report.clean_cycles > 0, "clean detach rounds come on top");
     assert!(report.ops_acked > 0);
+    assert!(report.cuts_in_attach > 0 && report.cuts_in_detach > 0, "cuts also hit recovery and checkpointing: {report:?}");
     assert!(report.sectors_checked > 0);
 }
 

@@ -134,7 +134,12 @@ fn print_report(args: &Args, r: &TortureReport) {
         "Rounds: {} ({} power cuts, {} clean detach/attach cycles), powerloss protection {}, seed {}",
         r.rounds, r.cuts, r.clean_cycles, args.powerloss_protection, args.seed
     );
-    println!("Cut points (commands into each round): {} ...", points.join(", "));
+    println!(
+        "Cut points (commands into each round): {} ...; {} cuts hit a recovery, {} a clean detach",
+        points.join(", "),
+        r.cuts_in_attach,
+        r.cuts_in_detach
+    );
     println!(
         "Operations: {} acknowledged, {} interrupted by a cut; {} sectors checked after recovery",
         r.ops_acked, r.ops_interrupted, r.sectors_checked

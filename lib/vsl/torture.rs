@@ -76,6 +76,10 @@ pub struct TortureReport {
     pub cuts: u64,
     /// Clean detach/attach cycles.
     pub clean_cycles: u64,
+    /// Cuts that hit a recovery (attach) in progress.
+    pub cuts_in_attach: u64,
+    /// Cuts that hit a clean detach (checkpoint) in progress.
+    pub cuts_in_detach: u64,
     /// Cut points (commands after attach), first 64 rounds.
     pub cut_points: Vec<u64>,
     /// Operations acknowledged.
@@ -284,7 +288,33 @@ pub fn run(
     while report.cuts < opts.cuts {
         nand.power_on();
         let card = Card::open_emulated(nand.clone(), EmuOptions::default())?;
-        let vsl = Vsl::attach(card.clone(), &attach_opts, &mut |_, _| {})?;
+        let emu = card.emulator().cloned();
+        // Now and then the power goes during recovery itself.
+        let cut_in_attach = round > 0 && rng.range(0, 15) == 0;
+        if cut_in_attach {
+            if let Some(e) = &emu {
+                e.power_cut_after(rng.range(1, 40));
+            }
+        }
+        let vsl = match Vsl::attach(card.clone(), &attach_opts, &mut |_, _| {}) {
+            Ok(v) => v,
+            Err(_) if cut_in_attach && emu.as_ref().is_some_and(|e| e.is_powered_off()) => {
+                report.cuts += 1;
+                report.cuts_in_attach += 1;
+                round += 1;
+                report.rounds = round;
+                progress(report.cuts, &report);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if cut_in_attach {
+            // Recovery finished before the cut point: call the cut off and
+            // run an ordinary round.
+            if let Some(e) = &emu {
+                e.power_cut_after(u64::MAX);
+            }
+        }
         let rep = vsl.attach_report();
         if rep.kind == AttachKind::Scan {
             report.scan_millis_total += rep.millis;
@@ -303,7 +333,6 @@ pub fn run(
         let clean = opts.clean_every > 1 && round % opts.clean_every == opts.clean_every - 1;
         let budget = rng.range(opts.max_ops_per_round as u64 / 2 + 1, opts.max_ops_per_round.max(2) as u64);
         let cut = rng.range(1, budget * 2);
-        let emu = card.emulator().cloned();
         if !clean {
             if let Some(e) = &emu {
                 e.power_cut_after(cut);
@@ -314,15 +343,34 @@ pub fn run(
         }
         workload(&vsl, m, &mut rng, &mut next_tag, budget, opts, ss, seed, &mut report)?;
         if clean {
+            // Half the clean detaches lose power while checkpointing.
+            let cut_in_detach = rng.range(0, 1) == 0;
+            if cut_in_detach {
+                if let Some(e) = &emu {
+                    e.power_cut_after(rng.range(1, 4));
+                }
+            }
             if vsl.is_offline() {
                 report.cuts += 1;
             } else {
-                vsl.detach()?;
-                report.clean_cycles += 1;
-                // A clean detach made everything durable.
-                let log = std::mem::take(&mut m.log);
-                for (_, w) in log {
-                    m.make_durable(&w);
+                match vsl.detach() {
+                    Ok(()) if !emu.as_ref().is_some_and(|e| e.is_powered_off()) => {
+                        report.clean_cycles += 1;
+                        // A clean detach made everything durable.
+                        let log = std::mem::take(&mut m.log);
+                        for (_, w) in log {
+                            m.make_durable(&w);
+                        }
+                    }
+                    Ok(()) => {
+                        report.cuts += 1;
+                        report.cuts_in_detach += 1;
+                    }
+                    Err(_) if cut_in_detach && emu.as_ref().is_some_and(|e| e.is_powered_off()) => {
+                        report.cuts += 1;
+                        report.cuts_in_detach += 1;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         } else {
