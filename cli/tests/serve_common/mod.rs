@@ -112,6 +112,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("iomem serve log:\n{}", self.log.lock().map(|l| l.join("\n")).unwrap_or_default());
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -114,12 +114,15 @@ fn serve(
         if let Err(e) = daemon.wait() {
             eprintln!("iomem serve: vhost export {name}: connection ended: {e}");
         }
-        backend.stop_all();
-        backend.export.stats.connections.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut s) = shutdown.lock() {
             *s = None;
         }
+        // Stop this connection's vring worker threads first (dropping the
+        // daemon joins them), so no late kick of the old connection can hand
+        // a stale vring to a reactor after the queues were stopped.
         drop(daemon);
+        backend.stop_all();
+        backend.export.stats.connections.fetch_sub(1, Ordering::Relaxed);
         eprintln!("iomem serve: vhost export {name}: VMM disconnected");
     }
 }
