@@ -6,12 +6,16 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd_demo;
+mod cmd_format;
 mod cmd_nvme;
 mod cmd_pci;
 mod cmd_rpc;
 mod cmd_serve;
 mod cmd_sim;
 mod cmd_status;
+mod cmd_torture;
+mod cmd_verify;
+mod cmd_wa;
 mod open;
 mod progress;
 mod serve;
@@ -30,6 +34,14 @@ enum Command {
     Demo(cmd_demo::Args),
     /// fio-like benchmark of the whole stack (with --baseline memcpy for the ceiling).
     Bench(bench::Args),
+    /// Low-level format: sector size, capacity (over-provisioning), superblock.
+    Format(cmd_format::Args),
+    /// Write, read back and check every block (fio-verify style).
+    Verify(cmd_verify::Args),
+    /// Random workload with a power cut each round, checked against the durability contract.
+    Torture(cmd_torture::Args),
+    /// Sustained random overwrite: measured write amplification vs the greedy-GC model.
+    WaBench(cmd_wa::Args),
     /// NVMe controllers over VFIO: identify, bench, selftest.
     #[command(subcommand)]
     Nvme(cmd_nvme::NvmeCommand),
@@ -68,6 +80,10 @@ fn main() -> ExitCode {
             None => bench::run(args),
         },
         Command::Nvme(cmd) => cmd_nvme::run(cmd),
+        Command::Format(args) => Ok(cmd_format::run(args)),
+        Command::Verify(args) => Ok(cmd_verify::run(args)),
+        Command::Torture(args) => Ok(cmd_torture::run(args)),
+        Command::WaBench(args) => Ok(cmd_wa::run(args)),
         Command::Serve(args) => cmd_serve::run(args),
         Command::Rpc(args) => cmd_rpc::run(args),
         Command::Sim(cmd) => cmd_sim::run(cmd),
