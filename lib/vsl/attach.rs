@@ -100,10 +100,17 @@ impl Vsl {
             let m = blocks.get(b as u32);
             m.pe.store(e.pe_cycles, Ordering::Relaxed);
             let on_die0 = (b as u32) < g.blocks_per_die;
+            let unreadable = matches!(e.bad_reason, None | Some(BadBlockReason::Factory) | Some(BadBlockReason::DieFailure));
             if on_die0 && meta_blocks.contains(&(b as u32)) {
                 m.set_state(BlockState::Meta);
-            } else if e.state == BlockStateCode::Bad {
+            } else if e.state == BlockStateCode::Bad && (unreadable || e.write_pointer == 0) {
                 m.set_state(BlockState::Bad);
+            } else if e.state == BlockStateCode::Bad {
+                // A block that failed a program or erase still reads: it may
+                // hold the only copy of data the groomer had not moved out
+                // yet. Scan it like any written block; classified below.
+                m.set_state(BlockState::Full);
+                m.written.store(e.write_pointer.min(g.pages_per_block), Ordering::Relaxed);
             } else {
                 // Written blocks are full (appends resume in fresh blocks);
                 // erased ones join the pools below.
@@ -172,11 +179,25 @@ impl Vsl {
         // Erased blocks join the pools.
         for (b, e) in infos.iter().enumerate() {
             let m = blocks.get(b as u32);
-            if m.state() == BlockState::Full && e.write_pointer == 0 {
+            if m.state() == BlockState::Full && e.write_pointer == 0 && e.state != BlockStateCode::Bad {
                 blocks.push_free(b as u32);
             }
         }
         rebuild_counts(&layout, &map, &trim_pages, &blocks);
+        // Failed blocks: live data is moved out by the groomer, then they
+        // are never used again.
+        let mut retiring = false;
+        for (b, e) in infos.iter().enumerate() {
+            let m = blocks.get(b as u32);
+            if e.state == BlockStateCode::Bad && m.state() == BlockState::Full {
+                if m.is_empty() {
+                    m.set_state(BlockState::Bad);
+                } else {
+                    m.set_state(BlockState::Retiring);
+                    retiring = true;
+                }
+            }
+        }
         let groomer = Groomer::new(&card, layout, opts.queue_depth)?;
         // Any crash from here on must scan: mark dirty before accepting writes.
         let (mut log, mut io) = (log, io);
@@ -200,7 +221,7 @@ impl Vsl {
             channels: AtomicUsize::new(0),
             channel_ids: AtomicUsize::new(0),
             orphans: ArrayQueue::new(256),
-            gc_active: AtomicBool::new(false),
+            gc_active: AtomicBool::new(retiring),
             groomer: Mutex::new(groomer),
             meta: Mutex::new(MetaState { log, io }),
             report,
@@ -209,7 +230,7 @@ impl Vsl {
         Ok(vsl)
     }
 
-    /// Detaches cleanly: waits for the groomer, writes a checkpoint of the
+    /// Detaches cleanly: stops the groomer, writes a checkpoint of the
     /// map into free blocks and a clean mark, and takes the VSL offline.
     /// Fails while channels are open. If no room is left for the checkpoint
     /// the card stays marked dirty (the next attach scans) and detach still
@@ -225,9 +246,9 @@ impl Vsl {
         if self.is_offline() {
             return Err(VslError::PowerLost { what: "detach" });
         }
-        if !self.groom_until_idle(Duration::from_secs(60)) {
+        if !self.groomer.lock().quiesce(self, Duration::from_secs(60)) {
             return Err(VslError::Timeout {
-                what: "the groomer to finish before detach",
+                what: "the groomer's commands to complete before detach",
                 secs: 60,
             });
         }

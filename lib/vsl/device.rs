@@ -12,7 +12,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
@@ -391,24 +390,6 @@ impl Vsl {
         match self.groomer.try_lock() {
             Some(mut g) => g.step(self),
             None => false,
-        }
-    }
-
-    /// Drives the groomer until it is idle (detach), giving up after `limit`.
-    pub(crate) fn groom_until_idle(&self, limit: Duration) -> bool {
-        let start = std::time::Instant::now();
-        loop {
-            {
-                let mut g = self.groomer.lock();
-                g.step(self);
-                if g.is_idle() {
-                    return true;
-                }
-            }
-            if start.elapsed() > limit || self.is_offline() {
-                return false;
-            }
-            std::thread::yield_now();
         }
     }
 

@@ -111,6 +111,8 @@ pub struct Groomer {
     cq_buf: Vec<Completion>,
     victim: Option<Victim>,
     wear_due: bool,
+    /// Retiring blocks given up on until the next erase.
+    stuck: Vec<u32>,
 }
 
 impl std::fmt::Debug for Groomer {
@@ -170,12 +172,44 @@ impl Groomer {
             cq_buf: Vec::with_capacity(ncmds + 1),
             victim: None,
             wear_due: true,
+            stuck: Vec::with_capacity(64),
         })
     }
 
-    /// Whether no victim is in progress and nothing is in flight.
-    pub fn is_idle(&self) -> bool {
-        self.victim.is_none() && self.q.outstanding() == 0 && self.to_program.is_empty() && self.pack.is_none()
+    /// Stops grooming for a detach: lets the commands in flight complete
+    /// (applying what they finished), then abandons the victim in progress
+    /// (its live data simply stays where it is) and drops queued work.
+    /// Returns false if the card did not complete within `limit`.
+    pub fn quiesce(&mut self, vsl: &Vsl, limit: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.q.outstanding() > 0 {
+            self.q.ring();
+            self.cq_buf.clear();
+            let cap = self.cq_buf.capacity();
+            let buf = &mut self.cq_buf;
+            let reaped = self.q.poll(cap, |c| buf.push(c));
+            for i in 0..reaped {
+                let c = self.cq_buf[i];
+                self.on_completion(vsl, c);
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            if reaped == 0 {
+                std::thread::yield_now();
+            }
+        }
+        if let Some(v) = self.victim.take() {
+            let m = vsl.blocks.get(v.block);
+            m.transition(BlockState::Victim, BlockState::Full);
+        }
+        while let Some(b) = self.to_program.pop_front() {
+            self.buf_free.push(b);
+        }
+        if let Some(p) = self.pack.take() {
+            self.buf_free.push(p);
+        }
+        true
     }
 
     fn buf_ptr(&self, b: u16) -> *mut u8 {
@@ -245,8 +279,13 @@ impl Groomer {
             lost: false,
             passes: 0,
         };
-        // 1. Failed blocks: move their data out first.
-        if let Some((b, _)) = vsl.blocks.iter().find(|(_, m)| m.state() == BlockState::Retiring) {
+        // 1. Failed blocks: move their data out first (skipping ones that
+        // could not be emptied lately, so they cannot starve reclamation).
+        if let Some((b, _)) = vsl
+            .blocks
+            .iter()
+            .find(|(b, m)| m.state() == BlockState::Retiring && !self.stuck.contains(b))
+        {
             return Some(mk(b, true, false));
         }
         let free = vsl.blocks.free_count();
@@ -359,7 +398,11 @@ impl Groomer {
                     } else {
                         v.passes += 1;
                         if v.passes > MAX_PASSES {
-                            if !v.retiring {
+                            if v.retiring {
+                                if self.stuck.len() < 64 {
+                                    self.stuck.push(v.block);
+                                }
+                            } else {
                                 m.set_state(BlockState::Full);
                             }
                             self.victim = None;
@@ -551,6 +594,9 @@ impl Groomer {
                             vsl.ctr.gc_victims.fetch_add(1, Ordering::Relaxed);
                         }
                         vsl.blocks.push_free(cmd.block);
+                        // Space moved: blocks that could not be emptied
+                        // before get another chance.
+                        self.stuck.clear();
                         let (lo, hi) = vsl.blocks.pe_range();
                         if hi.saturating_sub(lo) > vsl.tune.wear_spread {
                             self.wear_due = true;

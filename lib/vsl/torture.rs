@@ -98,6 +98,8 @@ pub struct TortureReport {
     pub corrupt_sectors: u64,
     /// Read errors while checking.
     pub read_errors: u64,
+    /// Whether the card wore out and went read-only during the run.
+    pub read_only: bool,
     /// First violations, described.
     pub violations: Vec<String>,
     /// Total attach time of scans, milliseconds.
@@ -290,7 +292,7 @@ pub fn run(
         let card = Card::open_emulated(nand.clone(), EmuOptions::default())?;
         let emu = card.emulator().cloned();
         // Now and then the power goes during recovery itself.
-        let cut_in_attach = round > 0 && rng.range(0, 15) == 0;
+        let cut_in_attach = round > 0 && rng.range(0, 9) == 0;
         if cut_in_attach {
             if let Some(e) = &emu {
                 e.power_cut_after(rng.range(1, 40));
@@ -324,7 +326,7 @@ pub fn run(
         let ss = vsl.sector_size() as usize;
         let m = model.get_or_insert_with(|| Model::new(sectors));
         // Check what recovery returned.
-        let full = opts.full_check_every > 0 && round % opts.full_check_every == 0;
+        let full = opts.full_check_every > 0 && round.is_multiple_of(opts.full_check_every);
         verify(&vsl, m, seed, full, &mut report)?;
         m.touched.iter_mut().for_each(|t| *t = false);
         m.groups.clear();
@@ -564,6 +566,11 @@ fn workload(
             }
             Err(e) if e.is_retryable() => std::thread::yield_now(),
             Err(SubmitError::Offline) => {}
+            Err(SubmitError::ReadOnly) => {
+                // Worn out: nothing more can be written; keep checking.
+                report.read_only = true;
+                issued = budget;
+            }
             Err(e) => {
                 report.violation(format!("submission refused unexpectedly: {e}"));
                 issued += 1;
