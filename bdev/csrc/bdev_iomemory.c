@@ -579,6 +579,8 @@ iomem_create_done(void *arg, struct iomem_rs_dev *rs, int code, const char *msg)
 static void
 rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk_json_val *params)
 {
+	char err[IOMEM_ERR_LEN] = "";
+	char name[256] = "";
 	size_t len = 0;
 	char *text = iomem_params_text(params, &len);
 	struct iomem_create_ctx *ctx;
@@ -587,6 +589,19 @@ rpc_bdev_iomemory_create(struct spdk_jsonrpc_request *request, const struct spdk
 	if (text == NULL) {
 		spdk_jsonrpc_send_error_response(request, SPDK_JSONRPC_ERROR_INVALID_PARAMS,
 						 "bdev_iomemory_create needs params: {\"name\": ..., \"path\": ...}");
+		return;
+	}
+	rc = iomem_rs_create_params(text, len, name, sizeof(name), err, sizeof(err));
+	if (rc != 0) {
+		free(text);
+		spdk_jsonrpc_send_error_response(request, rc, err);
+		return;
+	}
+	/* Refuse a taken name before opening (and maybe formatting) the card. */
+	if (spdk_bdev_get_by_name(name) != NULL) {
+		free(text);
+		spdk_jsonrpc_send_error_response_fmt(request, -EEXIST,
+						     "a bdev named %s already exists; choose another name", name);
 		return;
 	}
 	ctx = calloc(1, sizeof(*ctx));

@@ -77,6 +77,10 @@ void iomem_rs_dev_uuid(const struct iomem_rs_dev *dev, uint8_t out[16]);
 char *iomem_rs_dev_info_json(const struct iomem_rs_dev *dev);
 char *iomem_rs_dev_config_json(const struct iomem_rs_dev *dev);
 void iomem_rs_string_free(char *s);
+/* Validates bdev_iomemory_create params without opening the card; 0 and
+ * the bdev name in name_out, or a JSON-RPC code with a message in err. */
+int iomem_rs_create_params(const char *params_json, size_t len, char *name_out, size_t name_len,
+			   char *err, size_t err_len);
 /* Parses bdev_iomemory_delete params; 0 and the name in name_out, or a
  * JSON-RPC code with a message in err. */
 int iomem_rs_delete_params(const char *params_json, size_t len, char *name_out, size_t name_len,

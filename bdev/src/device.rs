@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use iomemory::blk::{BlkError, BlockDevice};
 use iomemory::dma::{DmaError, DmaPool, DmaRegion};
+use iomemory::vsl::VslError;
 use serde_json::json;
 
 use crate::channel::{BdevChannel, ChannelError};
@@ -37,6 +38,12 @@ pub enum OpenError {
         /// Why not.
         reason: String,
     },
+    /// The card holds no VSL format and formatting was not asked for.
+    #[error("the card image {path} holds no VSL format; pass \"format_if_blank\": true (rpc.py: -f) to format it (this erases nothing: the card is blank)")]
+    NotFormatted {
+        /// The card image.
+        path: String,
+    },
     /// The card could not be opened or attached.
     #[error("cannot open the card: {0}")]
     Blk(#[from] BlkError),
@@ -51,7 +58,7 @@ impl OpenError {
     pub fn rpc_code(&self) -> i32 {
         match self {
             OpenError::Params(p) => p.rpc_code(),
-            OpenError::RealCard { .. } => -libc::ENODEV,
+            OpenError::RealCard { .. } | OpenError::NotFormatted { .. } => -libc::ENODEV,
             OpenError::Blk(_) => -libc::EIO,
             OpenError::Dma(_) => -libc::ENOMEM,
         }
@@ -108,7 +115,15 @@ impl BdevDevice {
     pub fn open(params: CreateParams) -> Result<Arc<Self>, OpenError> {
         let blk = match &params.source {
             CardSource::Image(path) => {
-                BlockDevice::open(path, &params.open_options(), &mut |_, _| {})?
+                match BlockDevice::open(path, &params.open_options(), &mut |_, _| {}) {
+                    Ok(blk) => blk,
+                    Err(BlkError::Vsl(VslError::NotFormatted)) => {
+                        return Err(OpenError::NotFormatted {
+                            path: path.display().to_string(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             CardSource::Pci(address) => {
                 return Err(OpenError::RealCard {

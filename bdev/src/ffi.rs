@@ -255,6 +255,44 @@ pub unsafe extern "C" fn iomem_rs_dev_volatile_cache(dev: *const RsDev) -> bool 
     unsafe { dev_ref(dev) }.volatile_cache()
 }
 
+/// Validates `bdev_iomemory_create` params without opening the card: 0 with
+/// the NUL-terminated bdev name in `name_out` (so the shim can refuse a
+/// taken name before a format), or a JSON-RPC error code with a message in
+/// `err`.
+///
+/// # Safety
+/// `params` must point to `len` readable bytes; `name_out` to `name_len`
+/// and `err` to `err_len` writable bytes (or be null).
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_create_params(
+    params: *const c_char,
+    len: usize,
+    name_out: *mut c_char,
+    name_len: usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    let text = unsafe { params_text(params, len) }.unwrap_or_default();
+    match CreateParams::from_json(&text) {
+        Ok(p) if p.name.len() < name_len => {
+            // SAFETY: `name_out` has `name_len` writable bytes (contract).
+            unsafe { write_err(name_out, name_len, &p.name) };
+            0
+        }
+        Ok(p) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
+            crate::params::JSONRPC_INVALID_PARAMS
+        }
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            e.rpc_code()
+        }
+    }
+}
+
 /// Parses `bdev_iomemory_delete` params: 0 with the NUL-terminated name in
 /// `name_out`, or a JSON-RPC error code with a message in `err`.
 ///

@@ -60,6 +60,12 @@ fn create_errors_carry_json_rpc_codes_and_advice() {
     let (code, msg) = open(r#"{"name":"x","pci_address":"ffff:ff:1f.7"}"#).unwrap_err();
     assert_eq!(code, -libc::ENODEV);
     assert!(msg.contains("ffff:ff:1f.7"), "{msg}");
+    // A blank card without format_if_blank: the error says how to format.
+    let dir0 = tempfile::tempdir().unwrap();
+    let blank = image(dir0.path(), 14);
+    let (code, msg) = open(&format!(r#"{{"name":"x","path":"{}"}}"#, blank.display())).unwrap_err();
+    assert_eq!(code, -libc::ENODEV);
+    assert!(msg.contains("format_if_blank"), "{msg}");
     // A file that is not a card image.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.img");
@@ -356,4 +362,51 @@ fn open_and_detach_run_on_worker_threads() {
         "{}",
         err_text(&err)
     );
+}
+
+#[test]
+fn create_params_are_validated_without_opening_the_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), 13);
+    let json = format!(
+        r#"{{"name":"iomB","path":"{}","format_if_blank":true}}"#,
+        path.display()
+    );
+    let mut name = [0 as c_char; 64];
+    let mut err = [0 as c_char; 256];
+    // SAFETY: valid buffers of the stated lengths.
+    let rc = unsafe {
+        iomem_rs_create_params(
+            json.as_ptr().cast(),
+            json.len(),
+            name.as_mut_ptr(),
+            name.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", err_text(&err));
+    assert_eq!(err_text(&name), "iomB");
+    // The card was not opened: it can be opened (and locked) right away.
+    let dev = open(&json).unwrap();
+    // SAFETY: live handle, destructed, detached and freed once.
+    unsafe {
+        iomem_rs_dev_begin_destruct(dev);
+        assert!(iomem_rs_dev_detach(dev, err.as_mut_ptr(), err.len()) <= 1);
+        iomem_rs_dev_free(dev);
+    }
+    let bad = r#"{"name":"x y","path":"/x"}"#;
+    // SAFETY: as above.
+    let rc = unsafe {
+        iomem_rs_create_params(
+            bad.as_ptr().cast(),
+            bad.len(),
+            name.as_mut_ptr(),
+            name.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    assert_eq!(rc, JSONRPC_INVALID_PARAMS);
+    assert!(err_text(&err).contains("whitespace"), "{}", err_text(&err));
 }
