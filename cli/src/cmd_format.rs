@@ -1,5 +1,6 @@
 //! `iomem format CARD`: lay a fresh VSL format on a card (destroys its data).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,10 +57,37 @@ fn format(args: &Args) -> Result<(), String> {
         None => None,
     };
     let card = open_image(&args.card)?;
+    let mut yes = args.yes;
+    if !yes {
+        if let Some(sb) = Vsl::read_superblock(&card).map_err(|e| e.to_string())? {
+            // A card holding data: ask, when someone is there to answer.
+            if !std::io::stdin().is_terminal() {
+                return Err(format!(
+                    "the card holds a VSL format ({} sectors of {} bytes, UUID {}); formatting destroys all its data — pass --yes to proceed",
+                    sb.num_sectors,
+                    sb.sector_size,
+                    sb.uuid_string()
+                ));
+            }
+            eprint!(
+                "{} holds a VSL format ({} sectors of {} bytes, UUID {}). Formatting destroys all its data. Type 'yes' to continue: ",
+                args.card.display(),
+                sb.num_sectors,
+                sb.sector_size,
+                sb.uuid_string()
+            );
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer).map_err(|e| e.to_string())?;
+            if answer.trim() != "yes" {
+                return Err("not confirmed; the card is unchanged".into());
+            }
+            yes = true;
+        }
+    }
     let opts = FormatOptions {
         sector_size: args.sector_size,
         capacity,
-        yes: args.yes,
+        yes,
         seed: None,
         max_atomic_pages: args.max_atomic_pages,
     };

@@ -73,6 +73,8 @@ pub struct CardFacts {
     pub vsl: Option<VslStatus>,
     /// User capacity in bytes (formatted size, or advertised).
     pub user_bytes: u64,
+    /// The VSL format on the card, read from its superblock.
+    pub format: Option<(u64, u32)>,
 }
 
 impl CardFacts {
@@ -81,13 +83,20 @@ impl CardFacts {
         let health = card.health().map_err(|e| format!("{location}: reading the health log: {e}"))?;
         let identify = card.identify().clone();
         let vsl = vsl.map(|v| v.status());
-        let user_bytes = vsl.as_ref().map_or(identify.identity.advertised_bytes, |v| v.capacity_bytes);
+        let format = match &vsl {
+            Some(v) => Some((v.num_sectors, v.sector_size)),
+            None => Vsl::read_superblock(card)
+                .map_err(|e| format!("{location}: reading the VSL superblock: {e}"))?
+                .map(|sb| (sb.num_sectors, sb.sector_size)),
+        };
+        let user_bytes = format.map_or(identify.identity.advertised_bytes, |(n, size)| n * size as u64);
         Ok(Self {
             location,
             identify,
             health,
             vsl,
             user_bytes,
+            format,
         })
     }
 
@@ -152,6 +161,7 @@ impl CardFacts {
                 "subsystem_device": format!("{:04x}", id.pci_subsystem_device),
             },
             "device_size_bytes": self.user_bytes,
+            "format": self.format.map(|(sectors, size)| json!({"sectors": sectors, "sector_size": size})),
             "geometry": self.identify.geometry,
             "timing_profile": self.identify.timing_profile,
             "powerloss_protection": self.health.powerloss_protection,
@@ -230,8 +240,13 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
         }
         let _ = writeln!(s, "\tFirmware v{}, rev {} Public", id.firmware_version, id.firmware_revision);
         let _ = writeln!(s, "\t{} GBytes device size", gbytes(c.user_bytes));
-        if let Some(v) = &c.vsl {
-            let _ = writeln!(s, "\tFormat: v{}, {} sectors of {} bytes", iomemory::vsl::FORMAT_VERSION, v.num_sectors, v.sector_size);
+        match c.format {
+            Some((sectors, size)) => {
+                let _ = writeln!(s, "\tFormat: v{}, {} sectors of {} bytes", iomemory::vsl::FORMAT_VERSION, sectors, size);
+            }
+            None => {
+                let _ = writeln!(s, "\tFormat: none (run `iomem format` before attaching)");
+            }
         }
         if all {
             let g = &c.identify.geometry;
