@@ -676,3 +676,49 @@ rpc_bdev_iomemory_delete(struct spdk_jsonrpc_request *request, const struct spdk
 	spdk_bdev_unregister(&ib->bdev, rpc_bdev_iomemory_delete_done, request);
 }
 SPDK_RPC_REGISTER("bdev_iomemory_delete", rpc_bdev_iomemory_delete, SPDK_RPC_RUNTIME)
+
+/* Fault injection on an emulated card: the card loses power (now, or
+ * after N more commands); the pollers then see it offline and the bdev is
+ * hot-removed, exactly as when a real card drops off the bus. */
+static void
+rpc_bdev_iomemory_inject_power_cut(struct spdk_jsonrpc_request *request,
+				   const struct spdk_json_val *params)
+{
+	char err[IOMEM_ERR_LEN] = "";
+	char name[256] = "";
+	uint64_t after = 0;
+	size_t len = 0;
+	char *text = iomem_params_text(params, &len);
+	struct iomem_bdev *ib;
+	int rc;
+
+	if (text == NULL) {
+		spdk_jsonrpc_send_error_response(request, SPDK_JSONRPC_ERROR_INVALID_PARAMS,
+						 "bdev_iomemory_inject_power_cut needs params: {\"name\": ...}");
+		return;
+	}
+	rc = iomem_rs_power_cut_params(text, len, name, sizeof(name), &after, err, sizeof(err));
+	free(text);
+	if (rc != 0) {
+		spdk_jsonrpc_send_error_response(request, rc, err);
+		return;
+	}
+	TAILQ_FOREACH(ib, &g_iomem_bdevs, link) {
+		if (strcmp(ib->bdev.name, name) == 0) {
+			break;
+		}
+	}
+	if (ib == NULL) {
+		spdk_jsonrpc_send_error_response_fmt(request, -ENODEV,
+						     "no iomemory bdev named %s (see bdev_get_bdevs)", name);
+		return;
+	}
+	rc = iomem_rs_dev_power_cut(ib->rs, after, err, sizeof(err));
+	if (rc != 0) {
+		spdk_jsonrpc_send_error_response(request, rc, err);
+		return;
+	}
+	SPDK_WARNLOG("%s: power cut injected (after %" PRIu64 " more card commands)\n", name, after);
+	spdk_jsonrpc_send_bool_response(request, true);
+}
+SPDK_RPC_REGISTER("bdev_iomemory_inject_power_cut", rpc_bdev_iomemory_inject_power_cut, SPDK_RPC_RUNTIME)

@@ -86,6 +86,12 @@ int iomem_rs_create_params(const char *params_json, size_t len, char *name_out, 
 int iomem_rs_delete_params(const char *params_json, size_t len, char *name_out, size_t name_len,
 			   char *err, size_t err_len);
 
+/* bdev_iomemory_inject_power_cut: params, and the injection itself
+ * (0, or -ENOTSUP for a card that is not emulated). */
+int iomem_rs_power_cut_params(const char *params_json, size_t len, char *name_out, size_t name_len,
+			      uint64_t *after, char *err, size_t err_len);
+int iomem_rs_dev_power_cut(const struct iomem_rs_dev *dev, uint64_t after, char *err, size_t err_len);
+
 /* SPDK memory (un)registration, from a spdk_mem_map notify callback.
  * register returns 1 if the card can reach the range, 0 if it is bounced. */
 int iomem_rs_dev_dma_register(const struct iomem_rs_dev *dev, void *vaddr, size_t len);

@@ -57,6 +57,17 @@ def bdev_iomemory_delete(client, name):
     return client.call('bdev_iomemory_delete', {'name': name})
 
 
+def bdev_iomemory_inject_power_cut(client, name, after_commands=0):
+    """Cut the emulated card's power (fault injection: hot remove).
+
+    Args:
+        name: bdev name
+        after_commands: card commands still executed first (0: now)
+    """
+    return client.call('bdev_iomemory_inject_power_cut',
+                        {'name': name, 'after_commands': after_commands})
+
+
 def _print(result):
     if isinstance(result, str):
         print(result)
@@ -98,3 +109,14 @@ def spdk_rpc_plugin_initialize(subparsers):
                               help='Delete an iomemory bdev (drains I/O, checkpoints the card)')
     p.add_argument('name', help='bdev name')
     p.set_defaults(func=delete)
+
+    def power_cut(args):
+        _print(bdev_iomemory_inject_power_cut(args.client, name=args.name,
+                                              after_commands=args.after_commands))
+
+    p = subparsers.add_parser('bdev_iomemory_inject_power_cut',
+                              help='Cut an emulated card\'s power (fault injection: the bdev is hot-removed)')
+    p.add_argument('name', help='bdev name')
+    p.add_argument('-n', '--after-commands', dest='after_commands', type=int, default=0,
+                   help='card commands still executed before power goes (default 0: now)')
+    p.set_defaults(func=power_cut)

@@ -77,6 +77,11 @@ pub enum DetachError {
     Blk(#[from] BlkError),
 }
 
+/// Fault injection asked of a card that is not emulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("power-cut injection needs an emulated card; this bdev drives real hardware")]
+pub struct NotEmulated;
+
 /// What detach did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detached {
@@ -278,6 +283,19 @@ impl BdevDevice {
                 "card_lost": self.life.card_lost() || self.card_offline(),
             },
         })
+    }
+
+    /// Fault injection on an emulated card: power goes after `after`
+    /// more card commands (0: now). In-flight and later requests then fail,
+    /// the pollers see the card offline and the bdev is hot-removed.
+    pub fn inject_power_cut(&self, after: u64) -> Result<(), NotEmulated> {
+        let emu = self.blk.card().emulator().ok_or(NotEmulated)?;
+        if after == 0 {
+            emu.power_cut_now();
+        } else {
+            emu.power_cut_after(after);
+        }
+        Ok(())
     }
 
     /// Detaches the card: checkpoint and clean mark. Only once SPDK

@@ -16,7 +16,7 @@ use crate::device::{BdevDevice, Detached};
 use crate::io::{BdevIoType, IoDesc, IoStatus};
 use crate::lifecycle::RemoveReason;
 use crate::log::{set_logger, LogFn};
-use crate::params::{CreateParams, DeleteParams};
+use crate::params::{CreateParams, DeleteParams, PowerCutParams};
 
 /// Version of this ABI; the shim refuses to run against another.
 pub const ABI_VERSION: u32 = 1;
@@ -289,6 +289,65 @@ pub unsafe extern "C" fn iomem_rs_create_params(
             // SAFETY: forwarded from the contract.
             unsafe { write_err(err, err_len, &e.to_string()) };
             e.rpc_code()
+        }
+    }
+}
+
+/// Parses `bdev_iomemory_inject_power_cut` params: 0 with the name in
+/// `name_out` and the command count in `*after`, or a JSON-RPC error code
+/// with a message in `err`.
+///
+/// # Safety
+/// `params` must point to `len` readable bytes; `name_out` to `name_len`
+/// and `err` to `err_len` writable bytes (or be null); `after` writable.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_power_cut_params(
+    params: *const c_char,
+    len: usize,
+    name_out: *mut c_char,
+    name_len: usize,
+    after: *mut u64,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    let text = unsafe { params_text(params, len) }.unwrap_or_default();
+    match PowerCutParams::from_json(&text) {
+        Ok(p) if p.name.len() < name_len => {
+            // SAFETY: writable buffers (contract).
+            unsafe {
+                write_err(name_out, name_len, &p.name);
+                *after = p.after_commands;
+            }
+            0
+        }
+        Ok(p) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
+            crate::params::JSONRPC_INVALID_PARAMS
+        }
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            e.rpc_code()
+        }
+    }
+}
+
+/// Cuts the emulated card's power after `after` more commands (0: now):
+/// 0, or -ENOTSUP (message in `err`) for a card that is not emulated.
+///
+/// # Safety
+/// `dev` must be a live handle; `err` null or `err_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn iomem_rs_dev_power_cut(dev: *const RsDev, after: u64, err: *mut c_char, err_len: usize) -> i32 {
+    // SAFETY: live handle (contract).
+    match unsafe { dev_ref(dev) }.inject_power_cut(after) {
+        Ok(()) => 0,
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            -libc::ENOTSUP
         }
     }
 }

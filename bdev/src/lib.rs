@@ -29,7 +29,7 @@ pub mod params;
 pub mod stats;
 
 pub use channel::{BdevChannel, ChannelError, PollResult, Submitted};
-pub use device::{BdevDevice, DetachError, Detached, OpenError};
+pub use device::{BdevDevice, DetachError, Detached, NotEmulated, OpenError};
 pub use io::{BdevIoType, IoDesc, IoStatus, Op, TranslateError};
 pub use lifecycle::{Lifecycle, LifecycleError, RemoveReason, State};
-pub use params::{CardSource, CreateParams, DeleteParams, ParamError};
+pub use params::{CardSource, CreateParams, DeleteParams, ParamError, PowerCutParams};

@@ -139,6 +139,27 @@ impl DeleteParams {
     }
 }
 
+/// Validated `bdev_iomemory_inject_power_cut` parameters (fault injection
+/// on an emulated card: the way to exercise hot remove).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerCutParams {
+    /// Bdev name.
+    pub name: String,
+    /// Card commands still executed before power goes (0: now).
+    #[serde(default)]
+    pub after_commands: u64,
+}
+
+impl PowerCutParams {
+    /// Parses and validates the RPC's `params` JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ParamError> {
+        let params: PowerCutParams = parse_object(text)?;
+        validate_name(&params.name)?;
+        Ok(params)
+    }
+}
+
 /// Parses `text` as a JSON object into `T` (a JSON array is refused even
 /// though serde would map it positionally).
 fn parse_object<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParamError> {
@@ -411,6 +432,22 @@ mod tests {
         assert!(matches!(
             DeleteParams::from_json(r#"{"name":"iom0","force":true}"#),
             Err(ParamError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn power_cut_params_default_to_now() {
+        let p = PowerCutParams::from_json(r#"{"name":"iom0"}"#).unwrap();
+        assert_eq!((p.name.as_str(), p.after_commands), ("iom0", 0));
+        let p = PowerCutParams::from_json(r#"{"name":"iom0","after_commands":500}"#).unwrap();
+        assert_eq!(p.after_commands, 500);
+        assert!(matches!(
+            PowerCutParams::from_json(r#"{"name":"iom0","after_commands":-1}"#),
+            Err(ParamError::Malformed(_))
+        ));
+        assert!(matches!(
+            PowerCutParams::from_json(r#"{"name":""}"#),
+            Err(ParamError::BadName { .. })
         ));
     }
 

@@ -342,11 +342,7 @@ fn a_power_cut_fails_io_and_starts_one_hot_remove() {
     let mut a = dev.open_channel().unwrap();
     let mut b = dev.open_channel().unwrap();
     assert_eq!(write(&mut a, 0, 1, &[buf.iov(0, BS)]), IoStatus::Success);
-    dev.block_device()
-        .card()
-        .emulator()
-        .unwrap()
-        .power_cut_now();
+    dev.inject_power_cut(0).unwrap();
     // The first request after the cut fails (at submit or at completion),
     // and the pollers notice the card is gone.
     let iov = [buf.iov(0, BS)];

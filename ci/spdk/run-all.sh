@@ -6,13 +6,13 @@
 #
 #   sudo SPDK_DIR=/work/spdk ci/spdk/run-all.sh [TEST...]
 #   (TEST: 01-load 02-nvmf-tcp 03-bdevperf 04-vhost-blk 05-save-config
-#    06-delete-inflight 07-io-types; default all; IOMEM_SKIP_BUILD=1 skips cargo)
+#    06-delete-inflight 07-io-types 08-hot-remove; default all; IOMEM_SKIP_BUILD=1 skips cargo)
 source "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 
 tests=("$@")
 if ((${#tests[@]} == 0)); then
-	tests=(01-load 02-nvmf-tcp 03-bdevperf 04-vhost-blk 05-save-config 06-delete-inflight 07-io-types)
+	tests=(01-load 02-nvmf-tcp 03-bdevperf 04-vhost-blk 05-save-config 06-delete-inflight 07-io-types 08-hot-remove)
 fi
 [[ -n ${IOMEM_SKIP_BUILD:-} ]] || build_module
 trap hugepages_down EXIT
