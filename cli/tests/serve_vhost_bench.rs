@@ -1,7 +1,8 @@
 //! vhost-user-blk throughput, side by side: `iomem serve` against
 //! `qemu-storage-daemon`'s vhost-user-blk export of a file in tmpfs, the
 //! same client (the test virtqueue driver, 4 KiB random reads and writes at
-//! queue depth 32 on one queue). Ignored by default (it takes ~20 s and
+//! queue depth 32 on one queue; two interleaved rounds, best kept). Ignored
+//! by default (it takes ~45 s and
 //! needs qemu-storage-daemon); `ci/serve/run.sh` runs it with `--ignored`.
 //! `IOMEM_BENCH_SECS` sets the seconds per run (default 5);
 //! `IOMEM_BENCH_SOCKET=PATH` only drives an already running server there
@@ -89,13 +90,9 @@ fn vhost_user_blk_throughput_vs_qemu_storage_daemon() {
         dir.path(),
         &["--format-if-blank", card.to_str().unwrap(), "--vhost-user-blk", ours.to_str().unwrap(), "--queues", "1"],
     );
-    // Fill the span first so reads hit mapped blocks.
-    let _ = run(&ours, true, secs.min(3.0), span);
-    let our_w = run(&ours, true, secs, span);
-    let our_r = run(&ours, false, secs, span);
-    assert!(srv.signal_and_wait(libc::SIGTERM).success());
 
-    // qemu-storage-daemon on a tmpfs file.
+    // qemu-storage-daemon on a tmpfs file, running beside it (each side
+    // sleeps while the other is measured).
     let img = shm.path().join("disk.raw");
     std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
     let qsock = dir.path().join("qsd.sock");
@@ -110,11 +107,22 @@ fn vhost_user_blk_throughput_vs_qemu_storage_daemon() {
         .spawn()
         .expect("qemu-storage-daemon");
     wait_socket(&qsock, &mut qsd);
+
+    // Fill the span on both so reads hit written blocks, then two
+    // interleaved rounds; the best of each is kept (the machine may be
+    // running other work).
+    let _ = run(&ours, true, secs.min(3.0), span);
     let _ = run(&qsock, true, secs.min(3.0), span);
-    let q_w = run(&qsock, true, secs, span);
-    let q_r = run(&qsock, false, secs, span);
+    let (mut our_w, mut our_r, mut q_w, mut q_r) = (0f64, 0f64, 0f64, 0f64);
+    for _ in 0..2 {
+        our_w = our_w.max(run(&ours, true, secs, span));
+        q_w = q_w.max(run(&qsock, true, secs, span));
+        our_r = our_r.max(run(&ours, false, secs, span));
+        q_r = q_r.max(run(&qsock, false, secs, span));
+    }
     let _ = qsd.kill();
     let _ = qsd.wait();
+    assert!(srv.signal_and_wait(libc::SIGTERM).success());
 
     println!("vhost-user-blk 4k randread  QD32: iomem {our_r:.0} IOPS, qemu-storage-daemon {q_r:.0} IOPS, ratio {:.2}", our_r / q_r);
     println!("vhost-user-blk 4k randwrite QD32: iomem {our_w:.0} IOPS, qemu-storage-daemon {q_w:.0} IOPS, ratio {:.2}", our_w / q_w);
