@@ -139,6 +139,7 @@ pub struct BdevChannel {
     inflight: usize,
     resets: Vec<u64>,
     iovecs: Vec<IoVec>,
+    done: Vec<(u64, IoStatus)>,
     counters: Arc<ChannelCounters>,
     block_size: u32,
     num_blocks: u64,
@@ -176,6 +177,7 @@ impl BdevChannel {
             inflight: 0,
             resets: Vec::new(),
             iovecs: Vec::new(),
+            done: Vec::new(),
             counters,
             closed: false,
         })
@@ -381,10 +383,13 @@ impl BdevChannel {
         }
     }
 
-    /// Reaps completions (and runs the library's background work),
-    /// calling `complete(token, status)` for each finished request.
-    pub fn poll(&mut self, complete: &mut dyn FnMut(u64, IoStatus)) -> PollResult {
-        let mut completed = 0usize;
+    /// Reaps completions (and runs the library's background work) into the
+    /// channel's completion list, without calling anyone: take them with
+    /// [`Self::take_completions`]. Completion callbacks usually submit the
+    /// next request on this same channel, so they must run after this
+    /// returns, not inside the library's poll.
+    pub fn reap(&mut self) -> PollResult {
+        let before = self.done.len();
         if let Some(ch) = self.ch.as_mut() {
             let Self {
                 slots,
@@ -392,6 +397,7 @@ impl BdevChannel {
                 counters,
                 dev,
                 inflight,
+                done,
                 ..
             } = self;
             ch.poll(&mut |ctx, result: Result<(), IoError>| {
@@ -408,11 +414,10 @@ impl BdevChannel {
                     if result.is_ok() {
                         // SAFETY: the card completed the read into `buf`;
                         // `iovs` are the request's buffers, still lent to us
-                        // until we complete it below.
+                        // until the request is completed.
                         unsafe { buf.scatter(iovs) };
                     }
                 }
-                let status = IoStatus::from_result(&result);
                 match &result {
                     Ok(()) => counters.bump(slot.counter),
                     Err(e) => {
@@ -424,15 +429,13 @@ impl BdevChannel {
                     }
                 }
                 drop(slot.pending);
-                completed += 1;
-                complete(slot.token, status);
+                done.push((slot.token, IoStatus::from_result(&result)));
             });
         }
         if self.inflight == 0 && !self.resets.is_empty() {
             for token in std::mem::take(&mut self.resets) {
                 self.counters.bump(Counter::Reset);
-                completed += 1;
-                complete(token, IoStatus::Success);
+                self.done.push((token, IoStatus::Success));
             }
         }
         let hot_remove = self.dev.card_offline() && self.dev.lifecycle().card_went_offline();
@@ -446,32 +449,54 @@ impl BdevChannel {
             );
         }
         PollResult {
-            completed,
+            completed: self.done.len() - before,
             hot_remove,
         }
     }
 
-    /// Closes the channel: waits (polling) up to [`DRAIN_TIMEOUT`] for
-    /// requests in flight, completing them through `complete`; requests the
-    /// card never finished are completed FAILED. Returns how many requests
-    /// were completed while draining.
-    pub fn close(mut self, complete: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        self.close_inner(complete)
+    /// Takes the reaped completions `(token, status)`. Hand the (emptied)
+    /// vector back with [`Self::recycle_completions`] to keep its capacity.
+    pub fn take_completions(&mut self) -> Vec<(u64, IoStatus)> {
+        std::mem::take(&mut self.done)
     }
 
-    fn close_inner(&mut self, complete: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        if self.closed {
-            return 0;
+    /// Returns a vector from [`Self::take_completions`] for reuse.
+    pub fn recycle_completions(&mut self, mut v: Vec<(u64, IoStatus)>) {
+        v.clear();
+        if self.done.is_empty() {
+            self.done = v;
         }
-        let mut drained = 0;
+    }
+
+    /// Reaps and then reports each completion through `complete`.
+    pub fn poll(&mut self, complete: &mut dyn FnMut(u64, IoStatus)) -> PollResult {
+        let r = self.reap();
+        let done = self.take_completions();
+        for &(token, status) in &done {
+            complete(token, status);
+        }
+        self.recycle_completions(done);
+        r
+    }
+
+    /// Closes the channel: waits (polling) up to [`DRAIN_TIMEOUT`] for
+    /// requests in flight; requests the card never finished are FAILED.
+    /// Returns every completion not yet reported, to be reported by the
+    /// caller (the channel is closed by then: a request submitted from a
+    /// completion callback fails at once).
+    pub fn finish(&mut self) -> Vec<(u64, IoStatus)> {
+        if self.closed {
+            return Vec::new();
+        }
         let start = Instant::now();
         while self.outstanding() > 0 && start.elapsed() < DRAIN_TIMEOUT {
-            drained += self.poll(complete).completed;
+            self.reap();
             if self.dev.card_offline() && self.inflight > 0 {
                 // An offline card completes nothing more; stop waiting.
                 break;
             }
         }
+        let mut done = self.take_completions();
         let stuck: Vec<u64> = self.slots.iter().flatten().map(|s| s.token).collect();
         if !stuck.is_empty() {
             log(
@@ -485,12 +510,10 @@ impl BdevChannel {
         }
         for token in stuck {
             self.counters.bump(Counter::Failed);
-            drained += 1;
-            complete(token, IoStatus::Failed);
+            done.push((token, IoStatus::Failed));
         }
         for token in std::mem::take(&mut self.resets) {
-            drained += 1;
-            complete(token, IoStatus::Success);
+            done.push((token, IoStatus::Success));
         }
         // Bounce buffers of stuck requests are leaked rather than reused:
         // the card might still write into them.
@@ -502,15 +525,24 @@ impl BdevChannel {
         self.closed = true;
         self.dev.counters().retire(&self.counters);
         self.dev.lifecycle().close_channel();
-        drained
+        done
+    }
+
+    /// Closes the channel ([`Self::finish`]) and reports what was still in
+    /// flight through `complete`. Returns how many requests that was.
+    pub fn close(mut self, complete: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let done = self.finish();
+        for &(token, status) in &done {
+            complete(token, status);
+        }
+        done.len()
     }
 }
 
 impl Drop for BdevChannel {
     fn drop(&mut self) {
         if !self.closed {
-            let mut lost = 0usize;
-            self.close_inner(&mut |_, _| lost += 1);
+            let lost = self.finish().len();
             if lost > 0 {
                 log(
                     Level::Warn,

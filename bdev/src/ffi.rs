@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::channel::{BdevChannel, Submitted};
 use crate::device::{BdevDevice, Detached};
-use crate::io::{BdevIoType, IoDesc, IoStatus};
+use crate::io::{BdevIoType, IoDesc};
 use crate::lifecycle::RemoveReason;
 use crate::log::{set_logger, LogFn};
 use crate::params::{CreateParams, DeleteParams, PowerCutParams};
@@ -340,7 +340,12 @@ pub unsafe extern "C" fn iomem_rs_power_cut_params(
 /// # Safety
 /// `dev` must be a live handle; `err` null or `err_len` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn iomem_rs_dev_power_cut(dev: *const RsDev, after: u64, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn iomem_rs_dev_power_cut(
+    dev: *const RsDev,
+    after: u64,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
     // SAFETY: live handle (contract).
     match unsafe { dev_ref(dev) }.inject_power_cut(after) {
         Ok(()) => 0,
@@ -622,6 +627,11 @@ pub unsafe extern "C" fn iomem_rs_chan_submit(
 /// Returns the number completed; sets `*hot_remove` when the card went
 /// offline and the caller must unregister the bdev (once per device).
 ///
+/// The callbacks run after the library's poll returned and while no Rust
+/// reference to the channel is live, so a callback may submit the next
+/// request on this channel (SPDK completes bdev I/O synchronously and its
+/// users resubmit from the completion).
+///
 /// # Safety
 /// `ch` must be a live channel used only by the calling thread;
 /// `hot_remove` writable.
@@ -632,28 +642,40 @@ pub unsafe extern "C" fn iomem_rs_chan_poll(
     arg: *mut c_void,
     hot_remove: *mut bool,
 ) -> i32 {
-    // SAFETY: live channel, exclusive to this thread (contract).
-    let r = unsafe { (*ch).poll(&mut |token, s: IoStatus| cb(arg, token, s as i32)) };
+    // SAFETY: live channel, exclusive to this thread (contract); each
+    // borrow below ends before the callbacks run.
+    let (r, done) = unsafe { ((*ch).reap(), (*ch).take_completions()) };
+    for &(token, status) in &done {
+        cb(arg, token, status as i32);
+    }
+    // SAFETY: as above; the callbacks have returned.
+    unsafe { (*ch).recycle_completions(done) };
     // SAFETY: writable (contract).
     unsafe { *hot_remove = r.hot_remove };
     r.completed.min(i32::MAX as usize) as i32
 }
 
-/// Closes a channel: drains in-flight requests (completing them through
-/// `cb`), then frees it. Returns the number completed while draining.
+/// Closes a channel: drains in-flight requests, then completes them
+/// through `cb` (after the channel is closed: a request submitted from a
+/// callback fails at once) and frees it. Returns the number completed.
 ///
 /// # Safety
-/// `ch` must be a live channel, not used afterwards.
+/// `ch` must be a live channel, not used after this returns.
 #[no_mangle]
 pub unsafe extern "C" fn iomem_rs_chan_close(
     ch: *mut BdevChannel,
     cb: CompleteFn,
     arg: *mut c_void,
 ) -> i32 {
-    // SAFETY: created by Box::into_raw in iomem_rs_chan_open; freed once.
-    let ch = unsafe { Box::from_raw(ch) };
-    let n = ch.close(&mut |token, s: IoStatus| cb(arg, token, s as i32));
-    n.min(i32::MAX as usize) as i32
+    // SAFETY: live channel (contract); the borrow ends before the callbacks.
+    let done = unsafe { (*ch).finish() };
+    for &(token, status) in &done {
+        cb(arg, token, status as i32);
+    }
+    // SAFETY: created by Box::into_raw in iomem_rs_chan_open; freed once,
+    // after the callbacks returned.
+    drop(unsafe { Box::from_raw(ch) });
+    done.len().min(i32::MAX as usize) as i32
 }
 
 /// Reads a NUL-terminated error buffer filled by this library (lossy;
