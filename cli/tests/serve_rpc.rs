@@ -59,6 +59,17 @@ fn cards_and_exports_are_managed_over_rpc() {
     let baddr = format!("unix:{}", bsock.display());
     let mut d = Client::open(&baddr, "b", false).unwrap();
     assert_eq!(d.write(4096, &[9u8; 4096], FLAG_FUA), 0);
+    // A second export on the same listener: both names are served there.
+    let p = format!(r#"{{"type":"nbd","name":"b2","card":"card0","listen":"unix:{}","read_only":true}}"#, bsock.display());
+    let (ok, _, err) = srv.rpc("export_add", Some(&p));
+    assert!(ok, "{err}");
+    let mut e = Client::open(&baddr, "b2", true).unwrap();
+    assert_eq!(e.read(0, 8192).data, pattern(0, 8192, 1));
+    assert_eq!(e.write(0, &[1u8; 4096], 0), EPERM);
+    assert!(Client::open(&baddr, "a", false).is_err(), "an export is only served on its own listener");
+    let (ok, _, err) = srv.rpc("export_remove", Some(r#"{"name":"b2"}"#));
+    assert!(ok, "{err}");
+    drop(e);
     let (_, out, _) = srv.rpc("export_list", None);
     assert_eq!(json(&out).as_array().unwrap().len(), 2);
 

@@ -215,3 +215,37 @@ fn protocol_edge_cases_close_only_that_connection() {
     assert!(srv.child.try_wait().unwrap().is_none(), "server died");
     assert!(srv.signal_and_wait(libc::SIGTERM).success());
 }
+
+#[test]
+fn export_removed_and_card_detached_while_a_vmm_is_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut srv, sock) = start(dir.path(), "2");
+    let mut d = Driver::connect(&sock, 2, 64);
+    let data = pattern(3, 8192, 3);
+    d.write_mem(DATA, &data);
+    assert_eq!(d.request(0, T_OUT, 0, &[(DATA, 8192)]).0, S_OK);
+    assert_eq!(d.request(1, T_FLUSH, 0, &[]).0, S_OK);
+    let (ok, _, err) = srv.rpc("card_detach", Some(r#"{"name":"card0"}"#));
+    assert!(!ok && err.contains("remove those exports first"), "{err}");
+    // Forced: the export goes (the VMM is disconnected after its requests),
+    // then the card is checkpointed and detached.
+    let (ok, _, err) = srv.rpc("card_detach", Some(r#"{"name":"card0","force":true}"#));
+    assert!(ok, "{err}");
+    assert!(!sock.exists(), "the vhost-user socket is removed with its export");
+    let (_, out, _) = srv.rpc("card_list", None);
+    assert_eq!(out.trim(), "[]");
+    drop(d);
+    // Attach it again and export it on a new socket: the data is there.
+    let img = dir.path().join("card0.img");
+    let (ok, _, err) = srv.rpc("card_attach", Some(&format!(r#"{{"name":"c","path":"{}"}}"#, img.display())));
+    assert!(ok, "{err}");
+    let sock2 = dir.path().join("v2.sock");
+    let p = format!(r#"{{"type":"vhost-user-blk","name":"v2","card":"c","socket":"{}","queues":1}}"#, sock2.display());
+    let (ok, _, err) = srv.rpc("export_add", Some(&p));
+    assert!(ok, "{err}");
+    let mut d = Driver::connect(&sock2, 1, 64);
+    assert_eq!(d.request(0, T_IN, 0, &[(DATA + 65536, 8192)]).0, S_OK);
+    assert_eq!(d.read_mem(DATA + 65536, 8192), data);
+    drop(d);
+    assert!(srv.signal_and_wait(libc::SIGTERM).success());
+}
