@@ -8,7 +8,7 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use iomemory::blk::{pin_to_core, BlockDevice, IoVec, OpenOptions};
+use iomemory::blk::{pin_to_core, BlockDevice, OpenOptions};
 use iomemory::card::Card;
 use iomemory::emu::{small_test_config, Backing, EmuOptions, NandArray};
 

@@ -6,7 +6,7 @@
 
 use std::error::Error;
 
-use iomemory::blk::{BlockDevice, IoVec, OpenOptions};
+use iomemory::blk::{BlockDevice, OpenOptions};
 use iomemory::card::Card;
 use iomemory::emu::{small_test_config, Backing, EmuOptions, NandArray};
 

@@ -83,6 +83,10 @@ pub struct Args {
     pub nvme: Option<String>,
 }
 
+/// What a job drives: its target, its I/O buffers, and whatever must stay
+/// alive while they are in use (the DMA region behind the buffers).
+type JobTarget = (Box<dyn Target>, Vec<SlotBuf>, Box<dyn std::any::Any>);
+
 /// Everything a job needs to know.
 #[derive(Debug, Clone)]
 struct JobPlan {
@@ -162,13 +166,20 @@ fn run_job(target: &mut dyn Target, bufs: &[SlotBuf], plan: &JobPlan, progress: 
     let mut in_flight = 0usize;
     let mut stopping = false;
     let blocks_per_io = (plan.bs / plan.block) as u64;
+    // Time stamps are shared: one per submission burst (taken before the
+    // first submit of the burst, so latencies are never understated) and one
+    // per poll that completes something (taken at its first completion,
+    // after the card posted it). The deadline is checked against the last
+    // stamp. Two clock reads per I/O otherwise cost as much as the copy.
+    let mut last_stamp = start;
     loop {
         if !stopping {
-            let over_time = plan.deadline.is_some_and(|d| start.elapsed() >= d);
+            let over_time = plan.deadline.is_some_and(|d| last_stamp.duration_since(start) >= d);
             let over_size = plan.bytes.is_some_and(|b| submitted_bytes >= b);
             stopping = over_time || over_size;
         }
         if !stopping {
+            let mut burst_stamp: Option<Instant> = None;
             for i in 0..slots.len() {
                 if slots[i].busy {
                     continue;
@@ -198,9 +209,10 @@ fn run_job(target: &mut dyn Target, bufs: &[SlotBuf], plan: &JobPlan, progress: 
                 } else {
                     0
                 };
+                let stamp = *burst_stamp.get_or_insert_with(Instant::now);
                 match target.submit(op, lba, bufs[i], i as u64) {
                     Ok(()) => {
-                        slots[i] = Slot { busy: true, op, lba, gen, started: Instant::now() };
+                        slots[i] = Slot { busy: true, op, lba, gen, started: stamp };
                         in_flight += 1;
                         submitted_bytes += plan.bs as u64;
                     }
@@ -217,12 +229,14 @@ fn run_job(target: &mut dyn Target, bufs: &[SlotBuf], plan: &JobPlan, progress: 
             break;
         }
         let mut completed = 0u64;
+        let mut poll_stamp: Option<Instant> = None;
         target.poll(&mut |ctx, outcome| {
             let slot = &mut slots[ctx as usize];
             slot.busy = false;
             in_flight -= 1;
             completed += 1;
-            let ns = slot.started.elapsed().as_nanos() as u64;
+            let now = *poll_stamp.get_or_insert_with(Instant::now);
+            let ns = now.saturating_duration_since(slot.started).as_nanos() as u64;
             if let Err(message) = outcome {
                 if plan.verify && slot.op == Op::Write {
                     // Not acknowledged, but parts of it may have landed.
@@ -259,6 +273,13 @@ fn run_job(target: &mut dyn Target, bufs: &[SlotBuf], plan: &JobPlan, progress: 
         if completed > 0 {
             progress.fetch_add(completed, Ordering::Relaxed);
         }
+        last_stamp = match poll_stamp {
+            Some(t) => t,
+            // Nothing completed (e.g. a timed card still busy): the clock
+            // must still move for the deadline.
+            None if plan.deadline.is_some() => Instant::now(),
+            None => last_stamp,
+        };
         if result.error.is_some() {
             stopping = true;
         }
@@ -436,13 +457,32 @@ fn plans(args: &Args, block: usize, blocks: u64) -> Result<Vec<JobPlan>, String>
         .collect())
 }
 
+/// A value alone on its (pair of) cache line(s).
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> CachePadded<T> {
+    fn new(value: T) -> Self {
+        Self(value)
+    }
+}
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Runs `plans` on threads, each making its target with `make(job)`, with
 /// a live progress line; returns the merged result.
 fn run_jobs<F>(label: &str, plans: &[JobPlan], quiet: bool, make: F) -> Result<Summary, String>
 where
-    F: Fn(usize, &JobPlan) -> Result<(Box<dyn Target>, Vec<SlotBuf>, Box<dyn std::any::Any>), String> + Sync,
+    F: Fn(usize, &JobPlan) -> Result<JobTarget, String> + Sync,
 {
-    let progress = AtomicU64::new(0);
+    // One counter per job on its own cache line: a shared one would bounce
+    // between the cores on every poll.
+    let progress: Vec<CachePadded<AtomicU64>> = plans.iter().map(|_| CachePadded::new(AtomicU64::new(0))).collect();
     let finished = AtomicBool::new(false);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
@@ -452,7 +492,7 @@ where
             .enumerate()
             .map(|(j, plan)| {
                 let make = &make;
-                let progress = &progress;
+                let progress = &*progress[j];
                 s.spawn(move || {
                     pin_to_core(j % cores);
                     let (mut target, bufs, _keep) = make(j, plan)?;
@@ -466,7 +506,7 @@ where
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if tick.elapsed() >= Duration::from_secs(1) && !quiet {
-                    let now = progress.load(Ordering::Relaxed);
+                    let now: u64 = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
                     let rate = (now - last) as f64 / tick.elapsed().as_secs_f64();
                     eprint!("\r[{label}] {:5.1}s  {} IOPS   ", started.elapsed().as_secs_f64(), human(rate));
                     last = now;
@@ -532,7 +572,7 @@ fn prefill(dev: &Arc<BlockDevice>, plans: &[JobPlan], quiet: bool) -> Result<(),
     }
 }
 
-fn channel_target(dev: &Arc<BlockDevice>, plan: &JobPlan) -> Result<(Box<dyn Target>, Vec<SlotBuf>, Box<dyn std::any::Any>), String> {
+fn channel_target(dev: &Arc<BlockDevice>, plan: &JobPlan) -> Result<JobTarget, String> {
     let ch = dev.channel().map_err(|e| e.to_string())?;
     let region = DmaRegion::allocate_small(dev.card().dma(), plan.iodepth * plan.bs).map_err(|e| e.to_string())?;
     let bufs = slot_bufs(&region, plan.iodepth, plan.bs);
@@ -580,6 +620,10 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         Some("memcpy") => {
             let len = dev.num_blocks() as usize * block;
             let mut array = vec![0u8; len];
+            // Touch every page with data, as the card's NAND holds data: an
+            // untouched `vec![0; len]` reads from the kernel's single shared
+            // zero page, always in cache, which is not the same workload.
+            array.fill(0xa5);
             let shared = SharedArray(array.as_mut_ptr());
             let summary = run_jobs("memcpy baseline", &plans, quiet, |_, plan| {
                 // SAFETY: `array` outlives the scoped jobs; each job's
@@ -664,8 +708,12 @@ pub struct DemoLoad {
     pub iops: f64,
     /// Writes not acknowledged when power went.
     pub in_flight_at_cut: usize,
-    jobs: Vec<(JobPlan, Vec<u32>, Vec<(usize, u32)>)>,
+    jobs: Vec<JobOutcome>,
 }
+
+/// A job's plan, its acknowledged generations per unit, and the writes that
+/// were in flight (unit, generation) when it stopped.
+type JobOutcome = (JobPlan, Vec<u32>, Vec<(usize, u32)>);
 
 /// Outcome of the post-recovery check.
 #[derive(Debug, Default)]

@@ -126,11 +126,6 @@ impl Generator {
         };
         (op, self.first + unit * self.blocks_per_io)
     }
-
-    /// Random bits for data patterns.
-    pub fn rng(&mut self) -> &mut Rng {
-        &mut self.rng
-    }
 }
 
 /// Fills `buf` (a whole number of `block`-byte blocks starting at `lba`)
