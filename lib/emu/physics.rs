@@ -6,6 +6,8 @@
 //! a card with the same seed and the same history behaves identically on
 //! every run: the emulator's failures are reproducible bugs, not flakes.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 
 /// Tunables of the NAND physics model. The defaults describe 2x-nm MLC as
@@ -142,7 +144,35 @@ impl PhysicsParams {
     ) -> u32 {
         let h =
             hash(seed, &[TAG_BIT_ERRORS, die as u64, block as u64, page as u64, pe_cycles as u64, generation as u64]);
-        poisson_inverse(self.mean_bit_errors(pe_cycles, age_days), unit(h), page_bits)
+        let (mean, p0) = self.mean_and_p0(pe_cycles, age_days);
+        let u = unit(h);
+        if u < p0 {
+            // The common case on a healthy card: P(X = 0) already exceeds u.
+            return 0;
+        }
+        poisson_inverse(mean, u, page_bits)
+    }
+
+    /// The mean bit errors for (`pe_cycles`, `age_days`) and the Poisson
+    /// probability of zero errors, `exp(-mean)`, memoized per thread: reads
+    /// of one card see few distinct pairs, and `powf`/`exp` per page read
+    /// showed in profiles. The values are exactly those computed afresh.
+    fn mean_and_p0(&self, pe_cycles: u32, age_days: u32) -> (f64, f64) {
+        type Memo = Cell<Option<(PhysicsParams, u32, u32, f64, f64)>>;
+        thread_local! {
+            static LAST: Memo = const { Cell::new(None) };
+        }
+        LAST.with(|last| {
+            if let Some((params, pe, age, mean, p0)) = last.get() {
+                if pe == pe_cycles && age == age_days && params == *self {
+                    return (mean, p0);
+                }
+            }
+            let mean = self.mean_bit_errors(pe_cycles, age_days);
+            let p0 = if mean.is_nan() || mean <= 0.0 || mean > POISSON_EXACT_LIMIT { 0.0 } else { (-mean).exp() };
+            last.set(Some((*self, pe_cycles, age_days, mean, p0)));
+            (mean, p0)
+        })
     }
 
     /// Whether a read with `bit_errors` raw errors is beyond the ECC.
@@ -253,5 +283,18 @@ mod tests {
         assert_eq!(poisson_inverse(0.0, 0.99, 100), 0);
         assert_eq!(poisson_inverse(5000.0, 0.5, 100), 100);
         assert!(poisson_inverse(10.0, 0.5, 1000) <= poisson_inverse(20.0, 0.5, 1000));
+    }
+
+    #[test]
+    fn memoized_draw_equals_the_direct_inverse_cdf() {
+        let p = PhysicsParams::default();
+        let other = PhysicsParams { wear_exponent: 2.0, ..p };
+        for (params, pe, days) in [(p, 0, 0), (p, 9_000, 30), (other, 9_000, 30), (p, 9_000, 30), (p, 40_000, 0)] {
+            for page in 0..200u32 {
+                let h = hash(5, &[TAG_BIT_ERRORS, 1, 2, page as u64, pe as u64, 7]);
+                let direct = poisson_inverse(params.mean_bit_errors(pe, days), unit(h), 32768);
+                assert_eq!(params.raw_bit_errors(5, 1, 2, page, pe, 7, days, 32768), direct);
+            }
+        }
     }
 }
