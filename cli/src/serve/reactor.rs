@@ -342,7 +342,7 @@ impl Reactor {
         }
         // Read the clock only every 64 idle polls: it is most of an idle
         // poll's cost.
-        if self.idle_polls % 64 != 0 {
+        if !self.idle_polls.is_multiple_of(64) {
             return PollStatus::Idle;
         }
         let since = *self.idle_since.get_or_insert_with(Instant::now);
