@@ -147,7 +147,7 @@ impl OobRecord {
 
     /// The CRC over the header and `data` that [`Self::encode`] stores.
     pub fn data_crc(&self, data: &[u8]) -> u32 {
-        crc32c::crc32c_append(crc32c::crc32c(&self.header()), data)
+        crc32c_append_wide(crc32c::crc32c(&self.header()), data)
     }
 
     /// Encodes the record for a page holding `data` into `out`
@@ -224,6 +224,18 @@ pub struct DecodedOob {
     pub crc: u32,
 }
 
+/// `crc32c::crc32c_append(crc, data)`, computed with carry-less multiply
+/// folding (AVX-512 VPCLMULQDQ where the CPU has it): about twice as fast on
+/// a 4 KiB page as the CRC32 instruction, and the CRC of every page read is
+/// on the read path. Bit-for-bit the same CRC-32C.
+pub fn crc32c_append_wide(crc: u32, data: &[u8]) -> u32 {
+    // The running state of a reflected CRC-32C is the finished CRC with the
+    // final xor (0xffffffff) undone.
+    let mut digest = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, (crc ^ 0xffff_ffff) as u64);
+    digest.update(data);
+    digest.finalize() as u32
+}
+
 impl DecodedOob {
     /// Whether `data` is the page content the record was written with.
     pub fn data_matches(&self, data: &[u8]) -> bool {
@@ -280,6 +292,16 @@ mod tests {
         r.lbas[..3].copy_from_slice(&[10, 11, 900]);
         r.seq_delta[..3].copy_from_slice(&[0, 5, 1 << 31]);
         r
+    }
+
+    #[test]
+    fn wide_crc_equals_crc32c_append_for_every_length_and_start() {
+        let data: Vec<u8> = (0..9000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in [0, 1, 7, 63, 64, 255, 256, 511, 512, 4095, 4096, 8192, 9000] {
+            for start in [0u32, 0xffff_ffff, 0x1234_5678] {
+                assert_eq!(crc32c_append_wide(start, &data[..len]), crc32c::crc32c_append(start, &data[..len]), "len {len}");
+            }
+        }
     }
 
     #[test]
