@@ -15,7 +15,7 @@ use super::checkpoint::{self, CheckpointHeader};
 use super::counters::Counters;
 use super::device::{min_spare_blocks, AttachKind, AttachReport, MetaState, Tuning, Vsl};
 use super::error::VslError;
-use super::format::{all_block_info, default_stripe, GC_RESERVE_BLOCKS};
+use super::format::{all_block_info, attach_stripe, GC_RESERVE_BLOCKS};
 use super::groomer::Groomer;
 use super::map::{ForwardMap, Layout, PageBits};
 use super::meta::{CleanMark, MetaRecord};
@@ -65,8 +65,13 @@ impl Vsl {
 
         // Tunables.
         let dies = g.dies();
-        let stripe = if opts.stripe_width == 0 { default_stripe(dies) } else { opts.stripe_width.clamp(1, 64) };
         let gc_reserve = GC_RESERVE_BLOCKS;
+        let spb = layout.sectors_per_page as u64 * g.pages_per_block as u64;
+        let needed_blocks = sb.num_sectors.div_ceil(spb);
+        let usable = infos.iter().filter(|e| e.state != BlockStateCode::Bad).count() as u64 - 2;
+        let spare_blocks = usable.saturating_sub(needed_blocks + gc_reserve as u64 + 2);
+        let stripe =
+            if opts.stripe_width == 0 { attach_stripe(dies, spare_blocks) } else { opts.stripe_width.clamp(1, 64) };
         let gc_low = if opts.gc_low_blocks == 0 { gc_reserve + stripe + 1 } else { opts.gc_low_blocks.max(gc_reserve + 1) };
         let gc_high = if opts.gc_high_blocks == 0 { gc_low + 2 } else { opts.gc_high_blocks.max(gc_low + 1) };
         let wear_spread = if opts.wear_spread == 0 {
@@ -74,13 +79,9 @@ impl Vsl {
         } else {
             opts.wear_spread
         };
-        let spb = layout.sectors_per_page as u64 * g.pages_per_block as u64;
-        let needed_blocks = sb.num_sectors.div_ceil(spb);
         let min_spare = min_spare_blocks(gc_reserve, stripe);
         let factory_bad = infos.iter().filter(|e| e.bad_reason == Some(BadBlockReason::Factory)).count() as u64;
         let initial_reserve = g.total_blocks().saturating_sub(factory_bad + 2 + needed_blocks + min_spare);
-        let usable = infos.iter().filter(|e| e.state != BlockStateCode::Bad).count() as u64 - 2;
-        let spare_blocks = usable.saturating_sub(needed_blocks + gc_reserve as u64 + 2);
         let max_channels = opts.max_channels.clamp(1, ((spare_blocks / stripe as u64).max(1)) as usize);
         let tune = Tuning {
             stripe,

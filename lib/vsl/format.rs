@@ -17,9 +17,23 @@ use super::syncio::SlotIo;
 /// Blocks only the groomer may take (the user-write wall).
 pub(crate) const GC_RESERVE_BLOCKS: u32 = 2;
 
-/// Default stripe width: open blocks per channel.
+/// Stripe width the format reserves spare blocks for: open blocks per
+/// channel on a small card, and the least a channel gets by default.
 pub(crate) fn default_stripe(dies: u32) -> u32 {
     dies.clamp(1, 4)
+}
+
+/// Widest stripe chosen by default: one open block on each of up to this
+/// many dies per channel.
+pub(crate) const MAX_DEFAULT_STRIPE: u32 = 32;
+
+/// Default stripe at attach: every die up to [`MAX_DEFAULT_STRIPE`], so one
+/// channel's writes (and later its reads) run on all dies in parallel under
+/// NAND timings, as long as the card's spare blocks hold at least eight
+/// channels' open blocks; never narrower than [`default_stripe`].
+pub(crate) fn attach_stripe(dies: u32, spare_blocks: u64) -> u32 {
+    let wide = dies.min(MAX_DEFAULT_STRIPE).min((spare_blocks / 8).min(u32::MAX as u64) as u32);
+    default_stripe(dies).max(wide)
 }
 
 /// Block info of every block, in linear order.
@@ -302,5 +316,21 @@ mod tests {
         assert_ne!(a, make_uuid(Some(8)));
         assert_eq!(a[6] >> 4, 4);
         assert_eq!(a[8] >> 6, 2);
+    }
+}
+
+#[cfg(test)]
+mod stripe_tests {
+    use super::*;
+
+    #[test]
+    fn attach_stripe_spans_all_dies_when_spare_allows_and_never_narrows() {
+        assert_eq!(attach_stripe(32, 300), 32);
+        assert_eq!(attach_stripe(64, 10_000), MAX_DEFAULT_STRIPE);
+        assert_eq!(attach_stripe(32, 80), 10);
+        // A small card keeps the format's stripe.
+        assert_eq!(attach_stripe(8, 16), 4);
+        assert_eq!(attach_stripe(2, 0), 2);
+        assert_eq!(attach_stripe(1, 1000), 1);
     }
 }

@@ -106,7 +106,8 @@ pub struct AttachOptions {
     /// Card queue depth of each channel (and of the groomer).
     pub queue_depth: u16,
     /// Blocks of each channel's stripe (append points on distinct dies);
-    /// 0 = min(4, dies).
+    /// 0 = every die up to 32 when the spare blocks hold eight channels'
+    /// open blocks, else min(4, dies).
     pub stripe_width: u32,
     /// Free blocks below which the groomer starts; 0 = automatic.
     pub gc_low_blocks: u32,
