@@ -302,14 +302,14 @@ extern "C" fn open_done(arg: *mut c_void, dev: *mut RsDev, code: i32, msg: *cons
             .to_string_lossy()
             .into_owned()
     };
-    // SAFETY: the test passes a `*const OpenResult` that outlives the call.
+    // SAFETY: the test passes a leaked (never freed) `*const OpenResult`.
     let tx = unsafe { &*arg.cast::<OpenResult>() };
     tx.send((dev as usize, code, text)).unwrap();
 }
 
 extern "C" fn detach_done(arg: *mut c_void, rc: i32, msg: *const c_char) {
     assert!(rc != 0 || msg.is_null(), "success carries no message");
-    // SAFETY: the test passes a `*const OpenResult` that outlives the call.
+    // SAFETY: the test passes a leaked (never freed) `*const OpenResult`.
     let tx = unsafe { &*arg.cast::<OpenResult>() };
     tx.send((0, rc, String::new())).unwrap();
 }
@@ -317,7 +317,11 @@ extern "C" fn detach_done(arg: *mut c_void, rc: i32, msg: *const c_char) {
 #[test]
 fn open_and_detach_run_on_worker_threads() {
     let (tx, rx) = std::sync::mpsc::channel::<(usize, i32, String)>();
-    let arg = (&tx as *const OpenResult).cast_mut().cast::<c_void>();
+    // The worker thread may still be inside `send` (waking the receiver)
+    // after the test has its message and returns: the sender must outlive
+    // the callback's return, not just its message, so it is never freed.
+    let tx: &'static OpenResult = Box::leak(Box::new(tx));
+    let arg = (tx as *const OpenResult).cast_mut().cast::<c_void>();
     let bad = r#"{"name":"a","path":"/nonexistent/card.img"}"#;
     // SAFETY: valid params; `tx` outlives the callback (we wait for it).
     let rc = unsafe { iomem_rs_dev_open_async(bad.as_ptr().cast(), bad.len(), open_done, arg) };
