@@ -8,7 +8,7 @@
 #          throughput: fio nbd 4k randread/randwrite QD32, ours vs qemu-nbd
 #          on a file in tmpfs.
 #   vhost: throughput, ours vs qemu-storage-daemon's vhost-user-blk export
-#          (cargo test serve_vhost_bench, the rust-vmm Frontend client), and
+#          (cargo bench --bench vhost_vs_qsd, the rust-vmm Frontend client), and
 #          the QEMU guest smoke test (guest.sh) unless IOMEM_SERVE_GUEST=0.
 #
 #   bash ci/serve/run.sh      (root: installs its Debian packages)
@@ -288,9 +288,9 @@ done
 
 # --- throughput: vhost-user-blk -------------------------------------------
 log "throughput: vhost-user-blk vs qemu-storage-daemon"
-if IOMEM_BENCH_SECS=$BENCH_SECS timeout 600 cargo test --release -p iomem --test serve_vhost_bench -- \
-    --ignored --nocapture 2>&1 | tee "$WORK/vhost-bench.log" | grep -E "IOPS|test result"; then
-    grep -q "test result: ok" "$WORK/vhost-bench.log" && ok "vhost-user-blk throughput measured" || bad "vhost-user-blk benchmark"
+if IOMEM_BENCH_SECS=$BENCH_SECS timeout 600 cargo bench -p iomem --bench vhost_vs_qsd 2>&1 |
+    tee "$WORK/vhost-bench.log" | grep -E "IOPS|ratio"; then
+    grep -q "IOPS" "$WORK/vhost-bench.log" && ok "vhost-user-blk throughput measured" || bad "vhost-user-blk benchmark"
 else
     bad "vhost-user-blk benchmark"
 fi

@@ -27,9 +27,61 @@ pub struct Args {
     /// cards (identity from sysfs; their command protocol is not supported).
     #[arg(required = true)]
     pub cards: Vec<PathBuf>,
+    /// Control socket of a running `iomem serve`, asked about cards it holds.
+    #[arg(long, default_value = crate::serve::config::DEFAULT_RPC_SOCKET)]
+    pub rpc_socket: PathBuf,
     /// sysfs root for PCI addresses (for recorded trees).
     #[arg(long, default_value = "/sys", hide = true)]
     pub sysfs: PathBuf,
+}
+
+/// Status of a card a running `iomem serve` holds (its image is locked):
+/// asked over the control socket, with live counters.
+fn served_card_status(path: &std::path::Path, socket: &std::path::Path) -> Result<serde_json::Value, String> {
+    use crate::serve::rpc::call_socket;
+    let timeout = std::time::Duration::from_secs(5);
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let list = call_socket(socket, "card_list", json!({}), timeout)?;
+    let name = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["path"].as_str().is_some_and(|p| {
+                std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p)) == wanted
+            })
+        })
+        .and_then(|c| c["name"].as_str().map(str::to_string))
+        .ok_or_else(|| format!("the service at {} does not hold {}", socket.display(), path.display()))?;
+    call_socket(socket, "card_status", json!({ "name": name }), timeout)
+}
+
+fn render_served(index: usize, path: &std::path::Path, st: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let v = &st["vsl"];
+    let _ = writeln!(s, "fct{index}\tAttached (served by `iomem serve` as {}; live figures from its control socket)", st["name"].as_str().unwrap_or("?"));
+    let _ = writeln!(s, "\tLocated at {}", path.display());
+    let _ = writeln!(s, "\t{} GBytes device size", gbytes(st["capacity_bytes"].as_u64().unwrap_or(0)));
+    let _ = writeln!(
+        s,
+        "\tFormat: v{}, {} sectors of {} bytes",
+        iomemory::vsl::FORMAT_VERSION,
+        st["num_blocks"].as_u64().unwrap_or(0),
+        st["block_size"].as_u64().unwrap_or(0)
+    );
+    let _ = writeln!(
+        s,
+        "\tReserve space status: {}; Reserves: {:.2}%, warn at 10.00%",
+        v["reserve"]["state"].as_str().unwrap_or("?"),
+        v["reserve"]["percent"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(s, "\tWrite amplification: {:.2}", v["write_amplification"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(s, "\tRAM usage:");
+    let _ = writeln!(s, "\t   Current: {} bytes", with_commas(v["ram_usage"]["total"].as_u64().unwrap_or(0)));
+    for e in st["export_stats"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "\tExport {}: {}", e["name"].as_str().unwrap_or("?"), e["stats"]);
+    }
+    s
 }
 
 /// What is known of a real card at a PCI address: its identity and BARs
@@ -338,6 +390,7 @@ pub fn render(cards: &[CardFacts], all: bool) -> String {
 pub fn run(args: Args) -> Result<ExitCode, String> {
     let mut cards = Vec::new();
     let mut real = Vec::new();
+    let mut served = Vec::new();
     for path in &args.cards {
         let text = path.display().to_string();
         if !path.exists() {
@@ -347,11 +400,22 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
                 continue;
             }
         }
-        let card = open_image(path)?;
+        let card = match open_image(path) {
+            Ok(card) => card,
+            Err(e) if e.contains("in use by another process") => {
+                // Held by a running service: ask it instead.
+                let st = served_card_status(path, &args.rpc_socket)
+                    .map_err(|rpc| format!("{e}; asking `iomem serve` failed too: {rpc}"))?;
+                served.push((path.clone(), st));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         cards.push(CardFacts::gather(path.display().to_string(), &card, None)?);
     }
     if args.json {
-        let list: Vec<_> = cards.iter().enumerate().map(|(i, c)| c.json(i)).collect();
+        let mut list: Vec<_> = cards.iter().enumerate().map(|(i, c)| c.json(i)).collect();
+        list.extend(served.iter().map(|(_, st)| st.clone()));
         let doc = json!({
             "driver_version": env!("CARGO_PKG_VERSION"),
             "devices": list,
@@ -360,6 +424,10 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         if !cards.is_empty() {
             print!("{}", render(&cards, args.all));
+        }
+        for (i, (path, st)) in served.iter().enumerate() {
+            println!();
+            print!("{}", render_served(cards.len() + i, path, st));
         }
         for r in &real {
             println!();

@@ -1,13 +1,14 @@
 //! vhost-user-blk throughput, side by side: `iomem serve` against
 //! `qemu-storage-daemon`'s vhost-user-blk export of a file in tmpfs, the
 //! same client (the test virtqueue driver, 4 KiB random reads and writes at
-//! queue depth 32 on one queue; two interleaved rounds, best kept). Ignored
-//! by default (it takes ~45 s and
-//! needs qemu-storage-daemon); `ci/serve/run.sh` runs it with `--ignored`.
+//! queue depth 32 on one queue; two interleaved rounds, best kept). A
+//! benchmark, not a test: `cargo bench -p iomem --bench vhost_vs_qsd`
+//! (~45 s, needs qemu-storage-daemon); `ci/serve/run.sh` runs it.
 //! `IOMEM_BENCH_SECS` sets the seconds per run (default 5);
 //! `IOMEM_BENCH_SOCKET=PATH` only drives an already running server there
 //! (for profiling one side).
 
+#[path = "../tests/serve_common/mod.rs"]
 mod serve_common;
 
 use std::path::Path;
@@ -67,9 +68,7 @@ fn wait_socket(p: &Path, child: &mut Child) {
     }
 }
 
-#[test]
-#[ignore = "benchmark: run by ci/serve/run.sh with --ignored"]
-fn vhost_user_blk_throughput_vs_qemu_storage_daemon() {
+fn main() {
     let secs: f64 = std::env::var("IOMEM_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let dir = tempfile::tempdir().unwrap();
     let span: u64 = (256 << 20) / u64::from(BS);
