@@ -57,6 +57,11 @@ fn pattern_io_trim_zeroes_fua_and_block_status() {
     assert_eq!(r.extents[0].0, 1);
     let total: u64 = r.extents[0].1.iter().map(|e| u64::from(e.0)).sum();
     assert_eq!(total, 1 << 20);
+    // From the forward map: the trimmed 16 KiB at 4 MiB is a hole that
+    // reads as zeros (flags HOLE|ZERO), the written rest of that 64 KiB is data.
+    let r = c.call(CMD_BLOCK_STATUS, 0, 4 << 20, 65536, &[]);
+    assert_eq!(r.error, 0);
+    assert_eq!(r.extents[0].1, vec![(16384, 3), (65536 - 16384, 0)]);
 
     // Bad requests get errors and change nothing.
     let before = c.read(0, 8192).data;

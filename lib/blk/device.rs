@@ -108,6 +108,12 @@ impl BlockDevice {
         self.vsl.num_sectors()
     }
 
+    /// Whether block `lba` holds data (written and not unmapped since):
+    /// what NBD's `base:allocation` and SEEK_HOLE-style queries report.
+    pub fn is_mapped(&self, lba: u64) -> bool {
+        self.vsl.is_mapped(lba)
+    }
+
     /// What the device supports.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -313,6 +313,17 @@ impl Vsl {
         }
     }
 
+    /// Whether sector `lba` holds data: written and not trimmed since. An
+    /// unmapped sector reads as zeros and costs no flash. Lock-free (one map
+    /// load); out-of-range sectors are reported unmapped.
+    pub fn is_mapped(&self, lba: u64) -> bool {
+        if lba >= self.num_sectors() {
+            return false;
+        }
+        let phys = self.map.get(lba);
+        phys != UNMAPPED && !self.is_trim(phys)
+    }
+
     /// Whether `phys` is a trim note (reads as zeros).
     #[inline]
     pub(crate) fn is_trim(&self, phys: u32) -> bool {

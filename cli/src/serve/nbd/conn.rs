@@ -385,10 +385,23 @@ impl Reactor {
                 if !c.structured || !c.base_allocation {
                     return refuse(c, errno::EINVAL, "block status needs structured replies and the base:allocation context");
                 }
-                // The VSL does not yet export a per-LBA mapped query to this
-                // layer, so the whole range is honestly reported as data
-                // (neither a hole nor known zero).
-                let extents = [(req.length, 0u32)];
+                // Extents from the forward map: runs of mapped blocks are
+                // data, runs of unmapped (never written or trimmed) blocks
+                // are holes that read as zeros. At most 256 extents per
+                // reply (the client asks again for the rest, as allowed).
+                let first = req.offset / bs;
+                let blocks = u64::from(req.length) / bs;
+                let mut extents: Vec<(u32, u32)> = Vec::new();
+                let mut lba = first;
+                while lba < first + blocks && extents.len() < 256 {
+                    let mapped = ex.card.dev.is_mapped(lba);
+                    let start = lba;
+                    while lba < first + blocks && ex.card.dev.is_mapped(lba) == mapped && (lba - start) * bs < u64::from(u32::MAX) - bs {
+                        lba += 1;
+                    }
+                    let flags = if mapped { 0 } else { proto::STATE_HOLE | proto::STATE_ZERO };
+                    extents.push((((lba - start) * bs) as u32, flags));
+                }
                 let n = if req.flags & cflag::REQ_ONE != 0 { 1 } else { extents.len() };
                 proto::structured_header(&mut c.tx, chunk::FLAG_DONE, chunk::BLOCK_STATUS, req.cookie, 4 + 8 * n as u32);
                 c.tx.extend_from_slice(&proto::BASE_ALLOCATION_ID.to_be_bytes());

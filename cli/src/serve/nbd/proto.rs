@@ -174,6 +174,10 @@ pub mod errno {
 pub const BASE_ALLOCATION: &str = "base:allocation";
 /// The id we give `base:allocation` when a client selects it.
 pub const BASE_ALLOCATION_ID: u32 = 1;
+/// base:allocation extent flag: the range is a hole (not allocated).
+pub const STATE_HOLE: u32 = 1 << 0;
+/// base:allocation extent flag: the range reads as zeros.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// Size of a transmission request header.
 pub const REQUEST_LEN: usize = 28;
