@@ -1,9 +1,9 @@
 //! Sizes as people type and read them: "2GiB", "1.2TB", "512", "4k".
 
-/// Parses a byte size: a number with an optional suffix. Binary suffixes
-/// (`KiB`, `MiB`, `GiB`, `TiB`, and the single letters `k`, `m`, `g`, `t`
-/// as fio uses them) are powers of 1024; decimal ones (`KB`, `MB`, `GB`,
-/// `TB`) are powers of 1000, as drive vendors use them.
+/// Parses a byte size: a number with an optional suffix, any case. Binary
+/// suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the single letters `k`, `m`,
+/// `g`, `t` as fio uses them) are powers of 1024; decimal ones (`KB`, `MB`,
+/// `GB`, `TB`) are powers of 1000, as drive vendors use them.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t
@@ -13,16 +13,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size (examples: 4096, 4k, 2GiB, 1.2TB)"))?;
-    let multiplier: u64 = match suffix.trim() {
-        "" | "B" | "b" => 1,
-        "k" | "K" | "KiB" | "kiB" => 1 << 10,
-        "m" | "M" | "MiB" => 1 << 20,
-        "g" | "G" | "GiB" => 1 << 30,
-        "t" | "T" | "TiB" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
+    let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         other => {
             return Err(format!(
                 "unknown size suffix {other:?} in {text:?} (use k/KiB, M/MiB, G/GiB, T/TiB or KB, MB, GB, TB)"

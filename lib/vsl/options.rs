@@ -36,35 +36,7 @@ impl std::str::FromStr for CapacitySpec {
     }
 }
 
-/// Parses a byte size with an optional K/M/G/T suffix (binary; `KB`.. are
-/// decimal, `KiB`.. binary).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 4096, 64K, 512MiB or 1.2T"))?;
-    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size suffix {other:?} in {s:?} (use K, M, G, T, KiB.., KB..)")),
-    };
-    let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("size {s:?} is out of range"));
-    }
-    Ok(bytes as u64)
-}
+pub use crate::units::parse_size;
 
 /// Options of [`super::Vsl::format`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
