@@ -16,7 +16,7 @@ use crate::device::{BdevDevice, Detached};
 use crate::io::{BdevIoType, IoDesc};
 use crate::lifecycle::RemoveReason;
 use crate::log::{set_logger, LogFn};
-use crate::params::{CreateParams, DeleteParams, PowerCutParams};
+use crate::params::{CreateParams, DeleteParams, ParamError, PowerCutParams};
 
 /// Version of this ABI; the shim refuses to run against another.
 pub const ABI_VERSION: u32 = 1;
@@ -78,6 +78,39 @@ unsafe fn params_text(params: *const c_char, len: usize) -> Option<String> {
     // SAFETY: `params` points to `len` readable bytes (contract).
     let bytes = unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) };
     std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// Reports a parsed bdev name: 0 with the NUL-terminated name in
+/// `name_out`, or a JSON-RPC error code with the message in `err` (a parse
+/// error, or a name that does not fit `name_out`).
+///
+/// # Safety
+/// `name_out` must point to `name_len` and `err` to `err_len` writable bytes
+/// (or be null).
+unsafe fn report_name(
+    parsed: Result<&str, &ParamError>,
+    name_out: *mut c_char,
+    name_len: usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    match parsed {
+        Ok(name) if name.len() < name_len => {
+            // SAFETY: `name_out` has `name_len` writable bytes (contract).
+            unsafe { write_err(name_out, name_len, name) };
+            0
+        }
+        Ok(name) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &format!("bdev name {name:?} is too long")) };
+            crate::params::JSONRPC_INVALID_PARAMS
+        }
+        Err(e) => {
+            // SAFETY: forwarded from the contract.
+            unsafe { write_err(err, err_len, &e.to_string()) };
+            e.rpc_code()
+        }
+    }
 }
 
 /// Validates create params and opens the card: a device handle, or a
@@ -274,22 +307,16 @@ pub unsafe extern "C" fn iomem_rs_create_params(
 ) -> i32 {
     // SAFETY: forwarded from this function's contract.
     let text = unsafe { params_text(params, len) }.unwrap_or_default();
-    match CreateParams::from_json(&text) {
-        Ok(p) if p.name.len() < name_len => {
-            // SAFETY: `name_out` has `name_len` writable bytes (contract).
-            unsafe { write_err(name_out, name_len, &p.name) };
-            0
-        }
-        Ok(p) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
-            crate::params::JSONRPC_INVALID_PARAMS
-        }
-        Err(e) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &e.to_string()) };
-            e.rpc_code()
-        }
+    let parsed = CreateParams::from_json(&text);
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        report_name(
+            parsed.as_ref().map(|p| p.name.as_str()),
+            name_out,
+            name_len,
+            err,
+            err_len,
+        )
     }
 }
 
@@ -312,26 +339,22 @@ pub unsafe extern "C" fn iomem_rs_power_cut_params(
 ) -> i32 {
     // SAFETY: forwarded from this function's contract.
     let text = unsafe { params_text(params, len) }.unwrap_or_default();
-    match PowerCutParams::from_json(&text) {
-        Ok(p) if p.name.len() < name_len => {
-            // SAFETY: writable buffers (contract).
-            unsafe {
-                write_err(name_out, name_len, &p.name);
-                *after = p.after_commands;
-            }
-            0
-        }
-        Ok(p) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
-            crate::params::JSONRPC_INVALID_PARAMS
-        }
-        Err(e) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &e.to_string()) };
-            e.rpc_code()
-        }
+    let parsed = PowerCutParams::from_json(&text);
+    // SAFETY: forwarded from this function's contract.
+    let rc = unsafe {
+        report_name(
+            parsed.as_ref().map(|p| p.name.as_str()),
+            name_out,
+            name_len,
+            err,
+            err_len,
+        )
+    };
+    if let (0, Ok(p)) = (rc, &parsed) {
+        // SAFETY: `after` is writable (contract).
+        unsafe { *after = p.after_commands };
     }
+    rc
 }
 
 /// Cuts the emulated card's power after `after` more commands (0: now):
@@ -372,29 +395,18 @@ pub unsafe extern "C" fn iomem_rs_delete_params(
     err: *mut c_char,
     err_len: usize,
 ) -> i32 {
-    let text = if params.is_null() {
-        ""
-    } else {
-        // SAFETY: `params` points to `len` readable bytes (contract).
-        std::str::from_utf8(unsafe { std::slice::from_raw_parts(params.cast::<u8>(), len) })
-            .unwrap_or("")
-    };
-    match DeleteParams::from_json(text) {
-        Ok(p) if p.name.len() < name_len => {
-            // SAFETY: `name_out` has `name_len` writable bytes (contract).
-            unsafe { write_err(name_out, name_len, &p.name) };
-            0
-        }
-        Ok(p) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &format!("bdev name {:?} is too long", p.name)) };
-            crate::params::JSONRPC_INVALID_PARAMS
-        }
-        Err(e) => {
-            // SAFETY: forwarded from the contract.
-            unsafe { write_err(err, err_len, &e.to_string()) };
-            e.rpc_code()
-        }
+    // SAFETY: forwarded from this function's contract.
+    let text = unsafe { params_text(params, len) }.unwrap_or_default();
+    let parsed = DeleteParams::from_json(&text);
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        report_name(
+            parsed.as_ref().map(|p| p.name.as_str()),
+            name_out,
+            name_len,
+            err,
+            err_len,
+        )
     }
 }
 
