@@ -73,6 +73,15 @@ fn complete(q: &mut CardQueue, n: usize) -> Vec<Completion> {
     panic!("only {} of {n} completions arrived", out.len());
 }
 
+/// Powers the NAND back on after a cut and brings up a new controller and
+/// queue over it (what a restart after power loss does).
+fn power_back_on(nand: Arc<NandArray>) -> (Arc<Card>, CardQueue) {
+    nand.power_on();
+    let card = Card::open_emulated(nand, EmuOptions::default()).unwrap();
+    let q = card.create_io_queue(8).unwrap();
+    (card, q)
+}
+
 fn one(q: &mut CardQueue) -> Completion {
     complete(q, 1)[0]
 }
@@ -328,11 +337,8 @@ fn power_cut_with_protection_keeps_every_completed_program() {
     }
     assert_eq!(&statuses[..5], &[CardStatus::Success; 5]);
     assert_eq!(&statuses[5..], &[CardStatus::PowerCut; 3]);
-    drop(q);
-    drop(card);
-    nand.power_on();
-    let card = Card::open_emulated(nand, EmuOptions::default()).unwrap();
-    let mut q = card.create_io_queue(8).unwrap();
+    drop((q, card));
+    let (card, mut q) = power_back_on(nand);
     let out = Buffers::new(&card, 1);
     for p in 0..5u32 {
         q.read(&[Ppa::new(0, 6, p)], &out.data_iovas(1), None, 0).unwrap();
@@ -359,11 +365,8 @@ fn power_cut_without_protection_tears_unflushed_programs_only() {
     card.emulator().unwrap().power_cut_now();
     q.read(&[Ppa::new(1, 6, 0)], &bufs.data_iovas(1), None, 0).unwrap();
     assert_eq!(one(&mut q).status, CardStatus::PowerCut);
-    drop(q);
-    drop(card);
-    nand.power_on();
-    let card = Card::open_emulated(nand, EmuOptions::default()).unwrap();
-    let mut q = card.create_io_queue(8).unwrap();
+    drop((q, card));
+    let (card, mut q) = power_back_on(nand);
     let out = Buffers::new(&card, 1);
     for p in 0..4u32 {
         q.read(&[Ppa::new(1, 6, p)], &out.data_iovas(1), None, 0).unwrap();
