@@ -476,7 +476,19 @@ impl<T> std::ops::Deref for CachePadded<T> {
 
 /// Runs `plans` on threads, each making its target with `make(job)`, with
 /// a live progress line; returns the merged result.
-fn run_jobs<F>(label: &str, plans: &[JobPlan], quiet: bool, make: F) -> Result<Summary, String>
+/// How running jobs report on stderr: every `every`, `line(seconds,
+/// total I/Os, I/Os per second over the last interval)` is drawn over the
+/// previous one; `end` is printed once the jobs are done.
+struct ProgressLine<'a> {
+    every: Duration,
+    line: &'a (dyn Fn(f64, u64, f64) -> String + Sync),
+    end: &'a str,
+}
+
+/// Runs `plans` on threads pinned to cores, each making its target with
+/// `make(job)`, with a live progress line unless `progress` is `None`;
+/// returns each job's result.
+fn spawn_jobs<F>(plans: &[JobPlan], progress_line: Option<ProgressLine<'_>>, make: F) -> Vec<Result<JobResult, String>>
 where
     F: Fn(usize, &JobPlan) -> Result<JobTarget, String> + Sync,
 {
@@ -486,7 +498,7 @@ where
     let finished = AtomicBool::new(false);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
-    let results: Vec<Result<JobResult, String>> = std::thread::scope(|s| {
+    let results = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .iter()
             .enumerate()
@@ -501,27 +513,38 @@ where
             })
             .collect();
         let reporter = s.spawn(|| {
+            let Some(p) = &progress_line else { return };
             let mut last = 0;
             let mut tick = Instant::now();
             while !finished.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if tick.elapsed() >= Duration::from_secs(1) && !quiet {
-                    let now: u64 = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+                std::thread::sleep(Duration::from_millis(50));
+                if tick.elapsed() >= p.every {
+                    let now: u64 = progress.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                     let rate = (now - last) as f64 / tick.elapsed().as_secs_f64();
-                    eprint!("\r[{label}] {:5.1}s  {} IOPS   ", started.elapsed().as_secs_f64(), human(rate));
+                    eprint!("{}", (p.line)(started.elapsed().as_secs_f64(), now, rate));
                     last = now;
                     tick = Instant::now();
                 }
             }
+            eprint!("{}", p.end);
         });
         let results = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a bench job panicked".into()))).collect();
         finished.store(true, Ordering::Relaxed);
         let _ = reporter.join();
         results
     });
-    if !quiet {
-        eprint!("\r{:60}\r", "");
-    }
+    results
+}
+
+/// Runs `plans` (see [`spawn_jobs`]) and merges their results.
+fn run_jobs<F>(label: &str, plans: &[JobPlan], quiet: bool, make: F) -> Result<Summary, String>
+where
+    F: Fn(usize, &JobPlan) -> Result<JobTarget, String> + Sync,
+{
+    let line = |t: f64, _total: u64, rate: f64| format!("\r[{label}] {t:5.1}s  {} IOPS   ", human(rate));
+    let clear = format!("\r{:60}\r", "");
+    let progress = (!quiet).then(|| ProgressLine { every: Duration::from_secs(1), line: &line, end: &clear });
+    let results = spawn_jobs(plans, progress, make);
     let mut merged = JobResult::default();
     let mut elapsed = 0f64;
     for r in results {
@@ -752,37 +775,11 @@ fn demo_plans(dev: &BlockDevice, job: &DemoJob) -> Vec<JobPlan> {
 /// Runs the demo workload until its deadline or the power cut.
 pub fn run_demo_load(dev: &Arc<BlockDevice>, job: &DemoJob) -> Result<DemoLoad, String> {
     let plans = demo_plans(dev, job);
-    let progress = AtomicU64::new(0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let started = Instant::now();
-    let finished = AtomicBool::new(false);
-    let results: Vec<Result<JobResult, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plans
-            .iter()
-            .enumerate()
-            .map(|(j, plan)| {
-                let progress = &progress;
-                s.spawn(move || {
-                    pin_to_core(j % cores);
-                    let (mut target, bufs, _keep) = channel_target(dev, plan)?;
-                    Ok(run_job(target.as_mut(), &bufs, plan, progress))
-                })
-            })
-            .collect();
-        let reporter = s.spawn(|| {
-            while !finished.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                let ios = progress.load(Ordering::Relaxed);
-                let t = started.elapsed().as_secs_f64();
-                eprint!("\r  {t:5.1}s  {ios} I/Os verified/acknowledged ({}/s)   ", human(ios as f64 / t.max(1e-3)));
-            }
-            eprintln!();
-        });
-        let r = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a demo job panicked".into()))).collect();
-        finished.store(true, Ordering::Relaxed);
-        let _ = reporter.join();
-        r
-    });
+    let line = |t: f64, ios: u64, _rate: f64| {
+        format!("\r  {t:5.1}s  {ios} I/Os verified/acknowledged ({}/s)   ", human(ios as f64 / t.max(1e-3)))
+    };
+    let progress = ProgressLine { every: Duration::from_millis(250), line: &line, end: "\n" };
+    let results = spawn_jobs(&plans, Some(progress), |_, plan| channel_target(dev, plan));
     let mut load = DemoLoad { reads: 0, writes: 0, seconds: 0.0, iops: 0.0, in_flight_at_cut: 0, jobs: Vec::new() };
     for (plan, r) in plans.into_iter().zip(results) {
         let r = r?;
