@@ -115,9 +115,8 @@ impl VslChannel {
         // Failure.
         match comp.status {
             CardStatus::PowerCut => {
-                self.reqs[r as usize].error.get_or_insert(IoError::PowerLost);
-                self.release_cmd(c);
-                self.cmd_done(r, f)
+                self.cmd_error(c, |_| IoError::PowerLost);
+                self.release_and_done(c, f)
             }
             CardStatus::ProgramFailed
             | CardStatus::BadBlock
@@ -143,10 +142,8 @@ impl VslChannel {
                 self.continue_program(c, f)
             }
             status => {
-                let lba = self.reqs[r as usize].lba;
-                self.reqs[r as usize].error.get_or_insert(IoError::Media { lba, status });
-                self.release_cmd(c);
-                self.cmd_done(r, f)
+                self.cmd_error(c, |req| IoError::Media { lba: req.lba, status });
+                self.release_and_done(c, f)
             }
         }
     }
@@ -187,11 +184,9 @@ impl VslChannel {
         };
         let Some(ext) = ext else {
             if self.vsl.is_read_only() || self.vsl.is_offline() {
-                let r = self.cmds[c].req;
                 let e = if self.vsl.is_offline() { IoError::PowerLost } else { IoError::ReadOnly };
-                self.reqs[r as usize].error.get_or_insert(e);
-                self.release_cmd(c);
-                return self.cmd_done(r, f);
+                self.cmd_error(c, |_| e);
+                return self.release_and_done(c, f);
             }
             self.cmds[c].stalled = true;
             let _ = self.stalled.push(c as u16);
@@ -234,6 +229,9 @@ impl VslChannel {
     pub(super) fn finish_program(&mut self, c: usize, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
         let r = self.cmds[c].req;
         let kind = self.cmds[c].kind;
+        if r == NO_REQ {
+            return self.release_and_done(c, f);
+        }
         self.release_cmd(c);
         if kind == CmdKind::Note {
             if !self.vsl.plp && self.cmd_free.last().is_some() && self.q.free_slots() > 0 {
@@ -258,6 +256,40 @@ impl VslChannel {
             }
         }
         self.cmd_done(r, f)
+    }
+    /// Records the error `e(request)` on every request command `c` serves
+    /// (the first error of a request is the one it reports).
+    pub(super) fn cmd_error(&mut self, c: usize, e: impl Fn(&Req) -> IoError) {
+        let r = self.cmds[c].req;
+        if r != NO_REQ {
+            let err = e(&self.reqs[r as usize]);
+            self.reqs[r as usize].error.get_or_insert(err);
+            return;
+        }
+        for k in 0..self.cmds[c].members.len() {
+            let m = self.cmds[c].members[k] as usize;
+            let err = e(&self.reqs[m]);
+            self.reqs[m].error.get_or_insert(err);
+        }
+    }
+    /// Frees command `c` and completes its part of every request it serves.
+    pub(super) fn release_and_done(&mut self, c: usize, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
+        let r = self.cmds[c].req;
+        if r != NO_REQ {
+            self.release_cmd(c);
+            return self.cmd_done(r, f);
+        }
+        // The slot stays taken while the callbacks run (they may submit
+        // new writes), so its member list is not reused under us.
+        let mut members = std::mem::take(&mut self.cmds[c].members);
+        let mut done = 0;
+        for &m in &members {
+            done += self.cmd_done(m, f);
+        }
+        members.clear();
+        self.cmds[c].members = members;
+        self.release_cmd(c);
+        done
     }
     /// One command of request `r` finished.
     pub(super) fn cmd_done(&mut self, r: u16, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {

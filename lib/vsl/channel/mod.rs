@@ -12,6 +12,7 @@
 //! retires its block and the rest of the command is placed elsewhere with
 //! the same OOB, so the request still succeeds.
 
+mod coalesce;
 mod complete;
 mod read;
 mod submit;
@@ -44,6 +45,8 @@ const EPOCHS: usize = 64;
 const CMD_PAGES: usize = CardQueue::MAX_PAGES;
 /// Marker: page not staged.
 const NO_STAGE: u16 = u16::MAX;
+/// Marker: a command serving several requests (listed in `Cmd::members`).
+const NO_REQ: u16 = u16::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqKind {
@@ -131,10 +134,13 @@ struct Cmd {
     data: [u64; CMD_PAGES],
     staging: [u16; CMD_PAGES],
     runs: [Run; CMD_PAGES],
+    /// Requests with sectors in a coalesced write command (`req` is
+    /// [`NO_REQ`] then); each counted once in its request's `pending`.
+    members: Vec<u16>,
 }
 
 impl Cmd {
-    fn new() -> Self {
+    fn new(max_members: usize) -> Self {
         Self {
             kind: CmdKind::Read,
             req: 0,
@@ -148,6 +154,7 @@ impl Cmd {
             data: [0; CMD_PAGES],
             staging: [NO_STAGE; CMD_PAGES],
             runs: [Run::default(); CMD_PAGES],
+            members: Vec::with_capacity(max_members),
         }
     }
 }
@@ -220,6 +227,12 @@ pub struct VslChannel {
     outstanding: usize,
     /// Scratch page for CRCs over memory only reachable by raw pointer.
     page_buf: Vec<u8>,
+    /// The coalescing write command being filled (not yet placed or sent).
+    open: Option<usize>,
+    /// Sectors in the open command's partly filled page (0: none).
+    open_fill: u32,
+    /// OOB record of the partly filled page.
+    open_rec: OobRecord,
 }
 
 // SAFETY: the channel owns its queue pair and DMA regions exclusively; the
@@ -300,7 +313,9 @@ impl VslChannel {
             staging,
             zero_page,
             staging_free: (0..STAGING_PAGES as u16).rev().collect(),
-            cmds: (0..ncmds).map(|_| Cmd::new()).collect(),
+            cmds: (0..ncmds)
+                .map(|_| Cmd::new(coalesce::OPEN_CMD_PAGES * spp as usize))
+                .collect(),
             cmd_free: (0..ncmds as u16).rev().collect(),
             reqs: (0..MAX_REQS).map(|_| Req::empty()).collect(),
             req_free: (0..MAX_REQS as u16).rev().collect(),
@@ -314,6 +329,9 @@ impl VslChannel {
             runs: Vec::with_capacity(MAX_REQUEST_BYTES / 512),
             outstanding: 0,
             page_buf: vec![0u8; page_size],
+            open: None,
+            open_fill: 0,
+            open_rec: OobRecord::new(PageKind::Data, 0),
             vsl,
         })
     }
@@ -461,6 +479,7 @@ impl VslChannel {
     /// Returns the number of requests completed.
     pub fn poll(&mut self, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
         let mut done = 0;
+        self.submit_open();
         self.q.ring();
         self.cq_buf.clear();
         let cap = self.cq_buf.capacity();
@@ -475,6 +494,7 @@ impl VslChannel {
         while let Some(r) = self.ready.pop() {
             done += self.finish(r, f);
         }
+        self.submit_open();
         self.q.ring();
         if self.vsl.needs_grooming() {
             self.vsl.groom();

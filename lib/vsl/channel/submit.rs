@@ -23,6 +23,7 @@ impl VslChannel {
         let v = data[vi];
         let zero_copy = self.spp == 1 && (v.iova() + off as u64).is_multiple_of(self.page_size as u64);
         rec.count = nsec as u16;
+        rec.slots = self.spp as u8;
         for k in 0..nsec as usize {
             rec.lbas[k] = lbas(first_sector + k as u64) as u32;
         }
@@ -82,12 +83,12 @@ impl VslChannel {
             .map_err(|_| SubmitError::QueueFull)
     }
     /// Writes the sectors in `data` starting at `lba`. Completion comes
-    /// through [`Self::poll`] with `ctx`. `QueueFull`/`Busy` are retryable.
+    /// through [`Self::poll`] with `ctx`, once every sector is programmed.
+    /// `QueueFull`/`Busy` are retryable. Small writes are coalesced with
+    /// others into shared pages (see `coalesce.rs`).
     pub fn write(&mut self, lba: u64, data: &[IoVec], ctx: u64) -> Result<(), SubmitError> {
         self.writes_allowed()?;
         let count = self.check_buffers(lba, data)?;
-        let spp = self.spp as u64;
-        let pages = count.div_ceil(spp);
         let stage = if self.spp == 1 {
             data.iter()
                 .map(|v| {
@@ -98,12 +99,15 @@ impl VslChannel {
                 })
                 .sum()
         } else {
-            pages as usize
+            count.div_ceil(self.spp as u64) as usize + 1
         };
-        let ppb = self.layout.pages_per_block() as u64;
-        let cmds_bound =
-            (pages.div_ceil(CMD_PAGES as u64) + pages.div_ceil(ppb) + self.vsl.tune.stripe as u64 + 1).min(pages) as usize;
-        if !self.have_room(cmds_bound, stage) || self.cur_epoch - self.oldest_epoch >= EPOCHS as u64 - 1 {
+        let (new_cmds, slots, pages) = self.write_needs(count);
+        if self.req_free.is_empty()
+            || self.cmd_free.len() < new_cmds
+            || self.q.free_slots() < slots
+            || self.staging_free.len() < stage
+            || self.cur_epoch - self.oldest_epoch >= EPOCHS as u64 - 1
+        {
             return Err(SubmitError::QueueFull);
         }
         let floor = self.floor();
@@ -112,53 +116,10 @@ impl VslChannel {
             .map_err(|e| self.room_error(e))?;
         let seq = self.vsl.next_seq();
         let r = self.alloc_req(ctx, ReqKind::Write);
+        self.reqs[r as usize].lba = lba;
         self.reqs[r as usize].count = count;
         self.begin_write_epoch(r)?;
-        let mut placed = 0u64;
-        while placed < pages {
-            let Some(ext) = self.ring.take((pages - placed).min(CMD_PAGES as u64) as u32) else {
-                // ensure_room guaranteed the room; failing here is a bug.
-                self.reqs[r as usize].error = Some(IoError::Media {
-                    lba,
-                    status: CardStatus::Internal,
-                });
-                break;
-            };
-            let c = self.cmd_free.pop().unwrap_or(0) as usize;
-            {
-                let cmd = &mut self.cmds[c];
-                cmd.kind = CmdKind::Write;
-                cmd.req = r;
-                cmd.n = ext.count;
-                cmd.off = 0;
-                cmd.cnt = ext.count;
-                cmd.block = ext.block;
-                cmd.first = ext.first;
-                cmd.seq = seq;
-                cmd.stalled = false;
-            }
-            for i in 0..ext.count as usize {
-                let page = placed + i as u64;
-                let first_sector = page * spp;
-                let nsec = (count - first_sector).min(spp) as u32;
-                let rec = OobRecord::new(PageKind::Data, seq);
-                self.fill_page(c, i, data, first_sector, nsec, &|s| lba + s, rec);
-            }
-            if self.submit_program(c).is_err() {
-                // Slots were checked above; a refusal here means a bug.
-                self.reqs[r as usize].error = Some(IoError::Media {
-                    lba,
-                    status: CardStatus::Internal,
-                });
-                self.release_cmd(c);
-            } else {
-                self.reqs[r as usize].pending += 1;
-            }
-            placed += ext.count as u64;
-        }
-        if self.reqs[r as usize].pending == 0 {
-            let _ = self.ready.push(r);
-        }
+        self.append_write(r, lba, data, count, seq);
         Ok(())
     }
     /// Writes several (possibly non-contiguous) ranges as one atomic unit:
@@ -198,6 +159,9 @@ impl VslChannel {
         let spp = self.spp as u64;
         let pages = total.div_ceil(spp) as u32;
         let ppb = self.layout.pages_per_block();
+        if !self.submit_open() {
+            return Err(SubmitError::QueueFull);
+        }
         let pad_cmds = (ppb as usize).div_ceil(CMD_PAGES);
         let stage = pages as usize; // upper bound
         if !self.have_room(1 + pad_cmds, stage) || self.cur_epoch - self.oldest_epoch >= EPOCHS as u64 - 1 {
@@ -299,6 +263,7 @@ impl VslChannel {
         let s = self.staging_free.pop().unwrap_or(0);
         let dst = self.stage_ptr(s);
         rec.count = nsec as u16;
+        rec.slots = self.spp as u8;
         for k in 0..self.spp as usize {
             let g = first_sector + k as u64;
             // SAFETY: as in `fill_page`: our staging page, the caller's
@@ -390,7 +355,7 @@ impl VslChannel {
     pub fn unmap(&mut self, lba: u64, count: u64, ctx: u64) -> Result<(), SubmitError> {
         self.writes_allowed()?;
         self.check_range(lba, count)?;
-        if !self.have_room(2, 1) {
+        if !self.submit_open() || !self.have_room(2, 1) {
             return Err(SubmitError::QueueFull);
         }
         let floor = self.floor();
