@@ -78,7 +78,11 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
 
     step(2, "format (only if new) and attach");
     let dev = match BlockDevice::attach(card.clone(), &OpenOptions::default(), &mut |d, t| progress::bar("  attach", d, t)) {
-        Err(iomemory::blk::BlkError::Vsl(VslError::NotFormatted)) => {
+        Err(iomemory::blk::BlkError::Vsl(e @ (VslError::NotFormatted | VslError::OutdatedFormat(_)))) => {
+            progress::done();
+            if let VslError::OutdatedFormat(v) = e {
+                println!("  the demo card holds an older on-flash format (v{v}); reformatting it (its demo data is discarded)");
+            }
             let opts = FormatOptions { yes: true, ..Default::default() };
             Vsl::format(card.clone(), &opts, &mut |d, t| progress::bar("  format", d, t)).map_err(|e| e.to_string())?;
             progress::done();

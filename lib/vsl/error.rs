@@ -63,6 +63,14 @@ pub enum VslError {
     /// The format is from a newer VSL.
     #[error("the card was formatted by a newer VSL (format version {0}); upgrade this software")]
     UnsupportedVersion(u16),
+    /// The format is from an older VSL whose on-flash records this one
+    /// does not read.
+    #[error(
+        "the card was formatted by an older VSL (format version {0}; this one writes version {v} with per-sector data CRCs and cannot read it); \
+         reformat it with `iomem format --yes` (destroys its data) or attach it with the older release",
+        v = super::meta::FORMAT_VERSION
+    )]
+    OutdatedFormat(u16),
     /// Detach refused while channels are open.
     #[error("{0} I/O channel(s) are still open; drop every VslChannel before detaching")]
     ChannelsOpen(usize),

@@ -195,6 +195,7 @@ impl Vsl {
                 });
             }
             Err(VslError::UnsupportedVersion(v)) if !opts.yes => return Err(VslError::UnsupportedVersion(v)),
+            Err(VslError::OutdatedFormat(v)) if !opts.yes => return Err(VslError::OutdatedFormat(v)),
             Err(VslError::PowerLost { what }) => return Err(VslError::PowerLost { what }),
             _ => {}
         }

@@ -628,10 +628,26 @@ impl Groomer {
         let layout = self.layout;
         match d.record.kind {
             PageKind::Data => {
+                let ss = self.page_size / layout.sectors_per_page as usize;
+                // SAFETY: the read into buffer b completed; it is ours.
+                let page = unsafe { std::slice::from_raw_parts(self.buf_ptr(b), self.page_size) };
+                // One CRC over the whole page: checked once, if anything is live.
+                let mut whole: Option<bool> = None;
                 for (slot, &l) in d.record.lbas.iter().enumerate().take(d.record.count as usize) {
                     let phys = layout.phys(src, slot as u32);
                     if (l as u64) < vsl.num_sectors() && vsl.map.get(l as u64) == phys {
-                        self.pack_sector(b, slot, l, d.record.slot_seq(slot), phys);
+                        // A live sector is checked before it moves, so a
+                        // corrupt one is never rewritten under a fresh CRC.
+                        let intact = if d.record.slots > 1 {
+                            d.sectors_match(slot, ss, &page[slot * ss..(slot + 1) * ss])
+                        } else {
+                            *whole.get_or_insert_with(|| d.data_matches(page))
+                        };
+                        if intact {
+                            self.pack_sector(b, slot, l, d.record.slot_seq(slot), phys);
+                        } else {
+                            self.corrupt_sector(vsl);
+                        }
                     }
                 }
                 false
@@ -715,6 +731,7 @@ impl Groomer {
         let base = m.seqs[..n].iter().copied().min().unwrap_or(0);
         let mut rec = OobRecord::new(PageKind::Data, base);
         rec.count = n as u16;
+        rec.slots = spp as u8;
         for k in 0..n {
             rec.lbas[k] = m.lbas[k];
             rec.seq_delta[k] = (m.seqs[k] - base) as u32;
@@ -753,6 +770,17 @@ impl Groomer {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A live sector of the victim failed its data CRC: it stays where it
+    /// is (the block is kept), so reads of it keep failing loudly instead
+    /// of returning the corrupt data under a fresh CRC.
+    fn corrupt_sector(&mut self, vsl: &Vsl) {
+        vsl.ctr.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        vsl.ctr.lost_sectors.fetch_add(1, Ordering::Relaxed);
+        if let Some(v) = self.victim.as_mut() {
+            v.lost = true;
         }
     }
 

@@ -18,8 +18,10 @@ use crate::card::Geometry;
 const MAGIC: u32 = u32::from_le_bytes(*b"VSLM");
 const HEADER_LEN: usize = 24;
 
-/// On-flash format version written by this code.
-pub const FORMAT_VERSION: u16 = 1;
+/// On-flash format version written by this code. Version 2: per-sector data
+/// CRCs in the OOB records (see `oob.rs`); version 1 cards must be
+/// reformatted.
+pub const FORMAT_VERSION: u16 = 2;
 
 const TYPE_SUPERBLOCK: u16 = 1;
 const TYPE_CLEAN: u16 = 2;
@@ -127,6 +129,8 @@ pub enum MetaDecodeError {
     Corrupt,
     /// Written by a newer format version.
     UnsupportedVersion(u16),
+    /// Written by an older format version this code no longer reads.
+    OutdatedVersion(u16),
 }
 
 impl MetaRecord {
@@ -190,6 +194,9 @@ impl MetaRecord {
         }
         if version > FORMAT_VERSION {
             return Err(MetaDecodeError::UnsupportedVersion(version));
+        }
+        if version < FORMAT_VERSION {
+            return Err(MetaDecodeError::OutdatedVersion(version));
         }
         let mut p = Reader::new(payload);
         let record = match kind {
@@ -277,6 +284,11 @@ mod tests {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&newer[..20]), &newer[24..24 + len]);
         newer[20..24].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(MetaRecord::decode(&newer), Err(MetaDecodeError::UnsupportedVersion(9)));
+        let mut older = newer;
+        older[6..8].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&older[..20]), &older[24..24 + len]);
+        older[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(MetaRecord::decode(&older), Err(MetaDecodeError::OutdatedVersion(1)));
     }
 
     #[test]

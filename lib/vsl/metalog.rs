@@ -81,6 +81,7 @@ impl MetaLog {
                             }
                         }
                         Err(MetaDecodeError::UnsupportedVersion(v)) => return Err(VslError::UnsupportedVersion(v)),
+                        Err(MetaDecodeError::OutdatedVersion(v)) => return Err(VslError::OutdatedFormat(v)),
                         Err(_) => {}
                     }
                 }
