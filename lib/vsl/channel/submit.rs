@@ -24,7 +24,6 @@ impl VslChannel {
         let zero_copy = self.spp == 1 && (v.iova() + off as u64).is_multiple_of(self.page_size as u64);
         rec.count = nsec as u16;
         rec.slots = self.spp as u8;
-        rec.slots = self.spp as u8;
         for k in 0..nsec as usize {
             rec.lbas[k] = lbas(first_sector + k as u64) as u32;
         }
@@ -264,7 +263,6 @@ impl VslChannel {
         let s = self.staging_free.pop().unwrap_or(0);
         let dst = self.stage_ptr(s);
         rec.count = nsec as u16;
-        rec.slots = self.spp as u8;
         rec.slots = self.spp as u8;
         for k in 0..self.spp as usize {
             let g = first_sector + k as u64;
