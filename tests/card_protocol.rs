@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use iomemory::card::{protocol, BlockStateCode, Card, CardQueue, CardStatus, Completion, Ppa, SubmitError};
+use iomemory::card::{protocol, BlockStateCode, Card, CardQueue, CardStatus, Column, Completion, Ppa, SubmitError};
 use iomemory::dma::{DmaRegion, IovaSpace};
 use iomemory::emu::{small_test_config, Backing, EmuOptions, NandArray};
 use iomemory::nvme::spec::SubmissionEntry;
@@ -216,6 +216,141 @@ fn nand_rule_violations_return_their_status_and_change_nothing() {
     assert_eq!(c.status, CardStatus::ProgramOrder);
     assert_eq!(c.failed_mask, 0b10);
     assert_eq!(card.block_info(0, 1, 1).unwrap()[0].write_pointer, 3);
+}
+
+/// Sends one raw vector command through a bare queue pair (bypassing the
+/// host-side checks of `CardQueue`) and returns its status.
+fn raw_status(card: &Card, sqe: SubmissionEntry) -> CardStatus {
+    let mut raw = card.controller().create_io_queue_pair(4).unwrap();
+    raw.submit(sqe, 1).unwrap();
+    raw.ring();
+    let mut got = None;
+    while got.is_none() {
+        raw.poll(1, |_, cqe| got = Some(CardStatus::from_status(cqe.status_code())));
+    }
+    got.unwrap_or(CardStatus::Internal)
+}
+
+#[test]
+fn column_reads_move_only_their_sectors_of_each_page() {
+    const SENTINEL: u8 = 0x5a;
+    let (_nand, card) = card_with(true);
+    let mut q = card.create_io_queue(16).unwrap();
+    let mut bufs = Buffers::new(&card, 3);
+    let ppas = [Ppa::new(0, 2, 0), Ppa::new(1, 2, 0), Ppa::new(0, 2, 1)];
+    assert_eq!(program_pattern(&mut q, &mut bufs, &ppas, 40).status, CardStatus::Success);
+    let units = PAGE / protocol::COLUMN_UNIT;
+
+    // Every column of every width, on one, two (PRP2) and three (PRP list)
+    // pages; the pages land packed side by side at 512-byte (not page)
+    // aligned addresses inside a sentinel-filled region.
+    let mut dst = DmaRegion::allocate_small(card.dma(), 4 * PAGE).unwrap();
+    let mut oob = DmaRegion::allocate_small(card.dma(), 3 * OOB).unwrap();
+    for n in 1..=3usize {
+        for first in 0..units {
+            for count in 1..=units - first {
+                let col = Column::new(first as u16, count as u16);
+                let len = count * protocol::COLUMN_UNIT;
+                let base = 512 * (1 + first % 3);
+                dst.fill(0, &vec![SENTINEL; 4 * PAGE]).unwrap();
+                oob.fill(0, &vec![0u8; 3 * OOB]).unwrap();
+                let iovas: Vec<u64> = (0..n).map(|i| dst.iova() + (base + i * len) as u64).collect();
+                q.read_column(&ppas[..n], &iovas, col, Some(oob.iova()), 9).unwrap();
+                let c = one(&mut q);
+                assert_eq!(c.status, CardStatus::Success, "{col:?} x{n}: {c:?}");
+                let mut got = vec![0u8; 4 * PAGE];
+                dst.copy_out(0, &mut got).unwrap();
+                let mut want = vec![SENTINEL; 4 * PAGE];
+                for i in 0..n {
+                    let page = pattern(40 + i as u64, PAGE);
+                    let off = first * protocol::COLUMN_UNIT;
+                    want[base + i * len..base + (i + 1) * len].copy_from_slice(&page[off..off + len]);
+                }
+                assert!(got == want, "{col:?} x{n}: bytes differ at {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+                for i in 0..n {
+                    let mut o = vec![0u8; OOB];
+                    oob.copy_out(i * OOB, &mut o).unwrap();
+                    assert_eq!(o, pattern(!(40 + i as u64), OOB), "{col:?} page {i}: OOB whole");
+                }
+            }
+        }
+    }
+
+    // A column needs only its own bytes of DMA memory: the last sector of
+    // a one-page region, where a whole page would not fit.
+    let mut tail = DmaRegion::allocate_small(card.dma(), PAGE).unwrap();
+    tail.fill(0, &vec![SENTINEL; PAGE]).unwrap();
+    q.read_column(&ppas[1..2], &[tail.iova() + (PAGE - 512) as u64], Column::new(5, 1), None, 10).unwrap();
+    assert_eq!(one(&mut q).status, CardStatus::Success);
+    let mut got = vec![0u8; PAGE];
+    tail.copy_out(0, &mut got).unwrap();
+    assert_eq!(got[..PAGE - 512], vec![SENTINEL; PAGE - 512]);
+    assert_eq!(got[PAGE - 512..], pattern(41, PAGE)[5 * 512..6 * 512]);
+    q.read(&ppas[1..2], &[tail.iova() + (PAGE - 512) as u64], None, 11).unwrap();
+    assert_eq!(one(&mut q).status, CardStatus::DataTransfer, "a whole page does not fit there");
+
+    // An erased page: the column reads as 0xff, nothing else is written.
+    dst.fill(0, &vec![SENTINEL; 4 * PAGE]).unwrap();
+    q.read_column(&[Ppa::new(0, 2, 5)], &[dst.iova() + 512], Column::new(2, 3), None, 12).unwrap();
+    let c = one(&mut q);
+    assert_eq!((c.status, c.failed_mask), (CardStatus::Erased, 1));
+    let mut got = vec![0u8; 4 * PAGE];
+    dst.copy_out(0, &mut got).unwrap();
+    assert_eq!(got[..512], vec![SENTINEL; 512]);
+    assert_eq!(got[512..2048], vec![0xff; 1536]);
+    assert!(got[2048..].iter().all(|&b| b == SENTINEL));
+}
+
+#[test]
+fn invalid_columns_are_refused_by_host_and_device_and_touch_nothing() {
+    const SENTINEL: u8 = 0xa7;
+    let (_nand, card) = card_with(true);
+    let mut q = card.create_io_queue(16).unwrap();
+    let mut bufs = Buffers::new(&card, 1);
+    let ppa = Ppa::new(0, 4, 0);
+    assert_eq!(program_pattern(&mut q, &mut bufs, &[ppa], 60).status, CardStatus::Success);
+    let mut dst = DmaRegion::allocate_small(card.dma(), 2 * PAGE).unwrap();
+    dst.fill(0, &vec![SENTINEL; 2 * PAGE]).unwrap();
+
+    // Host side: past the page, empty-but-offset, data count mismatch.
+    for col in [Column::new(7, 2), Column::new(8, 1), Column::new(3, 0), Column::new(u16::MAX, 1)] {
+        assert!(
+            matches!(q.read_column(&[ppa], &[dst.iova()], col, None, 1), Err(SubmitError::Invalid(_))),
+            "{col:?}"
+        );
+    }
+    assert!(matches!(q.read_column(&[ppa], &[], Column::new(0, 1), None, 1), Err(SubmitError::Invalid(_))));
+
+    // Device side, through a bare queue pair.
+    let read = |cdw13: u32, prp1: u64| {
+        let mut sqe = SubmissionEntry::new(protocol::opcode::VECTOR_READ, 0);
+        sqe.nsid = 1;
+        sqe.set_cdw10_11(ppa.to_wire());
+        sqe.prp1 = prp1;
+        sqe.mptr = bufs.oob.iova();
+        sqe.cdw13 = cdw13;
+        sqe
+    };
+    for col in [Column::new(7, 2), Column::new(8, 1), Column::new(3, 0), Column::new(0, 9)] {
+        assert_eq!(raw_status(&card, read(col.to_wire(), dst.iova())), CardStatus::InvalidField, "{col:?}");
+    }
+    assert_eq!(raw_status(&card, read(Column::new(0, 1).to_wire(), 0)), CardStatus::InvalidField, "column without data");
+    let mut got = vec![0u8; 2 * PAGE];
+    dst.copy_out(0, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == SENTINEL), "refused reads wrote nothing");
+    // Dword 13 is reserved on programs: refused, the block is unchanged.
+    let mut sqe = SubmissionEntry::new(protocol::opcode::VECTOR_PROGRAM, 0);
+    sqe.nsid = 1;
+    sqe.set_cdw10_11(Ppa::new(0, 4, 1).to_wire());
+    sqe.prp1 = bufs.data.iova();
+    sqe.cdw13 = Column::new(0, 1).to_wire();
+    assert_eq!(raw_status(&card, sqe), CardStatus::InvalidField);
+    assert_eq!(card.block_info(0, 4, 1).unwrap()[0].write_pointer, 1);
+    // A valid raw column read works through the same path.
+    assert_eq!(raw_status(&card, read(Column::new(6, 2).to_wire(), dst.iova())), CardStatus::Success);
+    dst.copy_out(0, &mut got).unwrap();
+    assert_eq!(got[..1024], pattern(60, PAGE)[6 * 512..]);
+    assert!(got[1024..].iter().all(|&b| b == SENTINEL));
 }
 
 #[test]

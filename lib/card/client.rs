@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::protocol::{
-    log_page, opcode, BlockInfoEntry, CardStatus, HealthLog, IdentifyData, BLOCK_INFO_ENTRY_BYTES,
+    log_page, opcode, BlockInfoEntry, CardStatus, Column, HealthLog, IdentifyData, BLOCK_INFO_ENTRY_BYTES,
     HEALTH_BYTES, IDENTIFY_BYTES, MAX_PAGES_PER_COMMAND,
 };
 use super::{Geometry, Ppa};
@@ -258,7 +258,28 @@ impl CardQueue {
         if data.is_empty() && oob.is_none() {
             return Err(SubmitError::Invalid("read with neither data nor OOB buffer"));
         }
-        self.vector(opcode::VECTOR_READ, ppas, data, oob, tag)
+        self.vector(opcode::VECTOR_READ, ppas, data, oob, 0, tag)
+    }
+
+    /// Queues a column read: only `column` of each page of `ppas` is
+    /// transferred, into `data` (one IOVA per page, each receiving the
+    /// column's bytes and nothing more), with the whole OOB of each page
+    /// into `oob` (n × oob_size bytes) if given. See [`Column`].
+    pub fn read_column(
+        &mut self,
+        ppas: &[Ppa],
+        data: &[u64],
+        column: Column,
+        oob: Option<u64>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        if data.len() != ppas.len() {
+            return Err(SubmitError::Invalid("a column read needs one data address per page"));
+        }
+        if column.byte_range(self.geometry.page_size as usize).is_none() {
+            return Err(SubmitError::Invalid("column outside the card's page (or empty)"));
+        }
+        self.vector(opcode::VECTOR_READ, ppas, data, oob, column.to_wire(), tag)
     }
 
     /// Queues a vector program of `ppas` from `data` (one IOVA per page)
@@ -273,12 +294,12 @@ impl CardQueue {
         if data.len() != ppas.len() {
             return Err(SubmitError::Invalid("program needs one data address per page"));
         }
-        self.vector(opcode::VECTOR_PROGRAM, ppas, data, oob, tag)
+        self.vector(opcode::VECTOR_PROGRAM, ppas, data, oob, 0, tag)
     }
 
     /// Queues an erase of one block.
     pub fn erase(&mut self, die: u32, block: u32, tag: u64) -> Result<(), SubmitError> {
-        self.vector(opcode::VECTOR_ERASE, &[Ppa::new(die, block, 0)], &[], None, tag)
+        self.vector(opcode::VECTOR_ERASE, &[Ppa::new(die, block, 0)], &[], None, 0, tag)
     }
 
     /// Queues a flush: completes when every program completed before it is
@@ -296,6 +317,7 @@ impl CardQueue {
         ppas: &[Ppa],
         data: &[u64],
         oob: Option<u64>,
+        cdw13: u32,
         tag: u64,
     ) -> Result<(), SubmitError> {
         let n = ppas.len();
@@ -315,6 +337,7 @@ impl CardQueue {
             let mut sqe = SubmissionEntry::new(op, 0);
             sqe.nsid = NSID;
             sqe.cdw12 = (n - 1) as u32;
+            sqe.cdw13 = cdw13;
             if n == 1 {
                 sqe.set_cdw10_11(ppas[0].to_wire());
             } else {

@@ -9,4 +9,4 @@ pub mod protocol;
 pub use client::{Card, CardError, CardQueue, Completion, SubmitError};
 pub use geometry::{Geometry, Ppa};
 pub use identity::CardIdentity;
-pub use protocol::{BadBlockReason, BlockInfoEntry, BlockStateCode, CardStatus, HealthLog, IdentifyData};
+pub use protocol::{BadBlockReason, BlockInfoEntry, BlockStateCode, CardStatus, Column, HealthLog, IdentifyData};

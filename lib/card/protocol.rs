@@ -32,6 +32,74 @@ pub mod log_page {
 /// Most pages one vector command may name (OCSSD: 64, NLB is 6 bits).
 pub const MAX_PAGES_PER_COMMAND: usize = 64;
 
+/// Bytes in one column unit of a column read.
+pub const COLUMN_UNIT: usize = 512;
+
+/// The part of every page a vector read transfers: `count` units of
+/// [`COLUMN_UNIT`] bytes from unit `first` of the page ("column read", like
+/// a NAND change-read-column). The OOB is always delivered whole.
+///
+/// Wire: command dword 13 of [`opcode::VECTOR_READ`], `first` in bits 0..16
+/// and `count` in bits 16..32; 0 (the default of every other command) means
+/// the whole page. Each data address of the command then receives
+/// `count * 512` bytes (the page bytes `first * 512 ..`), so it may point
+/// straight at a sector of the caller's buffer, and nothing outside that
+/// range is written. A column with `count == 0` but `first != 0`, or one
+/// that reaches past the page, or one on a read without data addresses, or
+/// dword 13 set on any other vector command, fails the whole command with
+/// [`CardStatus::InvalidField`] before any NAND access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Column {
+    /// First unit of the page transferred.
+    pub first: u16,
+    /// Units transferred (0: the whole page).
+    pub count: u16,
+}
+
+impl Column {
+    /// The whole page (what a read without a column transfers).
+    pub const WHOLE_PAGE: Column = Column { first: 0, count: 0 };
+
+    /// `count` units from unit `first`.
+    pub const fn new(first: u16, count: u16) -> Self {
+        Self { first, count }
+    }
+
+    /// Whether this is the whole page.
+    pub const fn is_whole_page(self) -> bool {
+        self.first == 0 && self.count == 0
+    }
+
+    /// Command dword 13.
+    pub const fn to_wire(self) -> u32 {
+        self.first as u32 | ((self.count as u32) << 16)
+    }
+
+    /// Decodes command dword 13.
+    pub const fn from_wire(cdw13: u32) -> Self {
+        Self {
+            first: cdw13 as u16,
+            count: (cdw13 >> 16) as u16,
+        }
+    }
+
+    /// The byte range `(offset, len)` of a `page_size`-byte page this
+    /// column transfers, or `None` when it is not a valid column of such a
+    /// page.
+    pub const fn byte_range(self, page_size: usize) -> Option<(usize, usize)> {
+        if self.count == 0 {
+            return if self.first == 0 { Some((0, page_size)) } else { None };
+        }
+        let off = self.first as usize * COLUMN_UNIT;
+        let len = self.count as usize * COLUMN_UNIT;
+        if off + len > page_size {
+            None
+        } else {
+            Some((off, len))
+        }
+    }
+}
+
 /// Media status codes (SCT 2) of the card command set.
 pub mod media {
     use crate::nvme::spec::Status;
@@ -680,5 +748,19 @@ mod tests {
         ] {
             assert_eq!(CardStatus::from_status(s.to_status()), s);
         }
+    }
+
+    #[test]
+    fn columns_encode_and_validate_against_the_page() {
+        assert_eq!(Column::from_wire(Column::new(3, 5).to_wire()), Column::new(3, 5));
+        assert_eq!(Column::new(3, 5).to_wire(), 0x0005_0003);
+        assert_eq!(Column::from_wire(0), Column::WHOLE_PAGE);
+        assert_eq!(Column::WHOLE_PAGE.byte_range(4096), Some((0, 4096)));
+        assert_eq!(Column::new(7, 1).byte_range(4096), Some((3584, 512)));
+        assert_eq!(Column::new(0, 8).byte_range(4096), Some((0, 4096)));
+        assert_eq!(Column::new(7, 2).byte_range(4096), None, "past the page");
+        assert_eq!(Column::new(8, 1).byte_range(4096), None);
+        assert_eq!(Column::new(1, 0).byte_range(4096), None, "empty column not at 0");
+        assert_eq!(Column::new(u16::MAX, u16::MAX).byte_range(65536), None);
     }
 }

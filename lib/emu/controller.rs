@@ -24,7 +24,7 @@ use crate::card::protocol::{
     log_page, opcode, BadBlockReason, BlockInfoEntry, BlockStateCode, CardStatus, HealthLog,
     IdentifyData, BLOCK_INFO_ENTRY_BYTES, MAX_PAGES_PER_COMMAND,
 };
-use crate::card::Ppa;
+use crate::card::{Column, Ppa};
 use crate::dma::{IovaSpace, IovaTranslate};
 use crate::nvme::spec::*;
 use crate::nvme::{DeviceNotify, Mmio};
@@ -359,7 +359,10 @@ impl EmuController {
         // the submission ring, not modified by the host until completion.
         let next = unsafe { entry_ptr.cast::<SubmissionEntry>().read_volatile() };
         if next.opcode() == opcode::VECTOR_READ && next.cdw12 & 0x3f == 0 {
-            self.nand.prefetch_page(Ppa::from_wire(next.cdw10_11()));
+            let page_size = self.identify.geometry.page_size as usize;
+            if let Some((off, len)) = Column::from_wire(next.cdw13).byte_range(page_size) {
+                self.nand.prefetch_page(Ppa::from_wire(next.cdw10_11()), off, len);
+            }
         }
     }
 
@@ -662,6 +665,15 @@ impl EmuController {
         let page_size = geometry.page_size as usize;
         let oob_size = geometry.oob_size as usize;
         let op = sqe.opcode();
+        // The column of a read (dword 13, 0 = whole page; reserved, so 0,
+        // on every other command), refused before anything is touched.
+        let (col_off, col_len) = if sqe.cdw13 == 0 {
+            (0, page_size)
+        } else if op == opcode::VECTOR_READ && sqe.prp1 != 0 {
+            Column::from_wire(sqe.cdw13).byte_range(page_size).ok_or(CardStatus::InvalidField)?
+        } else {
+            return Err(CardStatus::InvalidField);
+        };
         // Data page addresses from PRP1/PRP2 (or the PRP list in PRP2).
         let needs_data = op == opcode::VECTOR_PROGRAM || (op == opcode::VECTOR_READ && sqe.prp1 != 0);
         let mut data = [0u64; MAX_PAGES_PER_COMMAND];
@@ -683,7 +695,7 @@ impl EmuController {
         let mut data_ptrs = [std::ptr::null_mut::<u8>(); MAX_PAGES_PER_COMMAND];
         if needs_data {
             for i in 0..n {
-                data_ptrs[i] = self.dma_ptr(data[i], page_size)?;
+                data_ptrs[i] = self.dma_ptr(data[i], col_len)?;
             }
         }
         let oob_base = if sqe.mptr != 0 && op != opcode::VECTOR_ERASE {
@@ -705,9 +717,9 @@ impl EmuController {
                     // OOB-only reads still need somewhere to put page data
                     // the NAND reads; the array accepts a null data pointer.
                     // SAFETY: data_ptrs[i] (or null for OOB-only reads) and
-                    // oob_ptr(i) were translated for page_size / oob_size
+                    // oob_ptr(i) were translated for col_len / oob_size
                     // bytes of registered DMA memory above.
-                    let outcome = unsafe { self.nand.read_page(ppas[i], data_ptrs[i], oob_ptr(i)) };
+                    let outcome = unsafe { self.nand.read_page_column(ppas[i], data_ptrs[i], col_off, col_len, oob_ptr(i)) };
                     let status = match outcome {
                         PageRead::Ok { corrected_bits } => {
                             corrected = corrected.saturating_add(corrected_bits);

@@ -472,16 +472,16 @@ impl NandArray {
     /// caches, so a read of it issued shortly after (the next command of a
     /// submission burst) copies from cache instead of waiting on memory.
     /// Does nothing for an address outside the array; never faults.
-    pub fn prefetch_page(&self, ppa: Ppa) {
+    pub fn prefetch_page(&self, ppa: Ppa, offset: usize, len: usize) {
         let g = self.config.geometry;
-        if !g.contains(ppa) {
+        if !g.contains(ppa) || offset.saturating_add(len) > g.page_size as usize {
             return;
         }
         let pi = g.page_index(ppa);
-        // SAFETY: `pi` is an existing page, so both offsets lie inside the
-        // mapping; only addresses are computed here.
-        let (data, oob) = unsafe { (self.image.ptr(self.data_off(pi)), self.image.ptr(self.oob_off(pi))) };
-        prefetch_lines(data, g.page_size as usize);
+        // SAFETY: `pi` is an existing page and `offset + len` lies in it, so
+        // both addresses lie inside the mapping; only addresses are computed.
+        let (data, oob) = unsafe { (self.image.ptr(self.data_off(pi) + offset as u64), self.image.ptr(self.oob_off(pi))) };
+        prefetch_lines(data, len);
         prefetch_lines(oob, g.oob_size as usize);
     }
 
@@ -494,11 +494,25 @@ impl NandArray {
     /// They may be device-visible memory: they are only written through raw
     /// pointers.
     pub unsafe fn read_page(&self, ppa: Ppa, data: *mut u8, oob: *mut u8) -> PageRead {
+        // SAFETY: the caller's guarantees are this function's, for the whole page.
+        unsafe { self.read_page_column(ppa, data, 0, self.config.geometry.page_size as usize, oob) }
+    }
+
+    /// Like [`Self::read_page`], but only the page bytes `offset..offset +
+    /// len` are transferred, to `data` (a column read). The whole page is
+    /// still sensed (ECC and wear act on it) and the whole OOB delivered.
+    /// A range outside the page fails with `InvalidAddress`, touching nothing.
+    ///
+    /// # Safety
+    /// `data`, unless null, must be valid for writes of `len` bytes and
+    /// `oob`, unless null, for writes of `oob_size` bytes; neither may
+    /// overlap the array. They are only written through raw pointers.
+    pub unsafe fn read_page_column(&self, ppa: Ppa, data: *mut u8, offset: usize, len: usize, oob: *mut u8) -> PageRead {
         let g = self.config.geometry;
         if !self.is_powered() {
             return PageRead::Failed(NandError::PowerCut);
         }
-        if !g.contains(ppa) {
+        if !g.contains(ppa) || offset.checked_add(len).is_none_or(|end| end > g.page_size as usize) {
             return PageRead::Failed(NandError::InvalidAddress(ppa));
         }
         let bi = self.block_index(ppa.die, ppa.block);
@@ -514,10 +528,10 @@ impl NandArray {
         let wp = self.block_word(bi, 1).load(Ordering::Relaxed);
         if ppa.page >= wp {
             // SAFETY: the caller guarantees `data` (and `oob` when non-null)
-            // are writable for a page and an OOB.
+            // are writable for the column and an OOB.
             unsafe {
                 if !data.is_null() {
-                    std::ptr::write_bytes(data, 0xff, g.page_size as usize);
+                    std::ptr::write_bytes(data, 0xff, len);
                 }
                 if !oob.is_null() {
                     std::ptr::write_bytes(oob, 0xff, g.oob_size as usize);
@@ -526,12 +540,13 @@ impl NandArray {
             return PageRead::Erased;
         }
         let pi = g.page_index(ppa);
-        // SAFETY: `pi` is an existing page, so its data and OOB lie inside
-        // the mapping; the block lock keeps writers out; the caller
-        // guarantees the destinations.
+        // SAFETY: `pi` is an existing page and the column lies in it
+        // (checked above), so its data and OOB lie inside the mapping; the
+        // block lock keeps writers out; the caller guarantees the
+        // destinations.
         unsafe {
             if !data.is_null() {
-                std::ptr::copy_nonoverlapping(self.image.ptr(self.data_off(pi)), data, g.page_size as usize);
+                std::ptr::copy_nonoverlapping(self.image.ptr(self.data_off(pi) + offset as u64), data, len);
             }
             if !oob.is_null() {
                 std::ptr::copy_nonoverlapping(self.image.ptr(self.oob_off(pi)), oob, g.oob_size as usize);
