@@ -1,6 +1,6 @@
 //! One-line progress bars on stderr for long operations.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,10 +10,14 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Draws `what: [#####-----] 52% (done/total)`, at most 10 times a second.
+/// Draws `what: [#####-----] 52% (done/total)`, at most 10 times a second;
+/// when stderr is not a terminal (a log, a pipe), only the finished line.
 pub fn bar(what: &str, done: u64, total: u64) {
     let now = now_ms();
     if done < total && now.saturating_sub(LAST_DRAW_MS.load(Ordering::Relaxed)) < 100 {
+        return;
+    }
+    if done < total && !std::io::stderr().is_terminal() {
         return;
     }
     LAST_DRAW_MS.store(now, Ordering::Relaxed);

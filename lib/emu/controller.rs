@@ -748,10 +748,16 @@ impl EmuController {
                     // for the full page and OOB sizes.
                     let outcome = unsafe { self.nand.program_page(ppas[i], data_ptrs[i], oob_ptr(i)) };
                     due = due.max(self.clocks.book(ppas[i].die, NandOp::Program, 1, now));
+                    // Like OCSSD's per-address completion bits: a failed
+                    // page does not stop the pages of other blocks (later
+                    // pages of its own block fail on their own, the block
+                    // being bad), so no block is left with a gap.
                     if let Err(e) = outcome {
-                        worst = nand_status(&e);
-                        failed = mask_from(i, n);
-                        break;
+                        let status = nand_status(&e);
+                        failed |= 1 << i;
+                        if status.severity() > worst.severity() {
+                            worst = status;
+                        }
                     }
                 }
             }

@@ -19,7 +19,7 @@ use super::*;
 /// Pages one coalesced command gathers before it is sent: small enough
 /// that a burst is spread over several dies, large enough that the card
 /// command's cost is shared by many sectors.
-pub(super) const OPEN_CMD_PAGES: usize = 16;
+pub(super) const OPEN_CMD_PAGES: usize = 64;
 
 impl VslChannel {
     /// Card commands and queue slots a write of `count` sectors needs on
@@ -47,6 +47,7 @@ impl VslChannel {
         cmd.cnt = 0;
         cmd.seq = 0;
         cmd.stalled = false;
+        cmd.scattered = true;
         cmd.members.clear();
         self.open = Some(c);
         c
@@ -145,6 +146,42 @@ impl VslChannel {
         self.open_fill = 0;
     }
 
+    /// Places the unplaced pages `[off, n)` of coalesced command `c` one
+    /// page per append point in turn, so consecutive pages land on
+    /// different dies and program in parallel. Returns the pages placed
+    /// (`cnt`); 0 when the append points have no room.
+    pub(super) fn place_scattered(&mut self, c: usize) -> u32 {
+        let (off, n) = (self.cmds[c].off, self.cmds[c].n);
+        let floor = self.floor();
+        if self.ring.ensure_room(&self.vsl.blocks, (n - off) as u64, floor).is_err() {
+            // Whatever the open blocks still hold is used; the rest waits.
+            let _ = self.ring.ensure_room(&self.vsl.blocks, 1, 0);
+        }
+        let mut placed = 0;
+        while off + placed < n {
+            let Some(ext) = self.ring.take(1) else { break };
+            self.cmds[c].ppn[(off + placed) as usize] = self.layout.first_page(ext.block) + ext.first;
+            placed += 1;
+        }
+        self.cmds[c].cnt = placed;
+        placed
+    }
+
+    /// Records in the block table the pages `[from, to)` of scattered
+    /// command `c` programmed, one call per run of pages in one block.
+    pub(super) fn note_scattered_programmed(&mut self, c: usize, from: u32, to: u32, seq: u64) {
+        let mut i = from;
+        while i < to {
+            let block = self.layout.block_of_page(self.cmds[c].ppn[i as usize]);
+            let mut j = i + 1;
+            while j < to && self.layout.block_of_page(self.cmds[c].ppn[j as usize]) == block {
+                j += 1;
+            }
+            self.vsl.note_programmed(block, j - i, seq);
+            i = j;
+        }
+    }
+
     /// Places the open command on the append points and queues it for the
     /// card. Returns false (the command stays open) when the submission
     /// queue has no free slot.
@@ -157,30 +194,17 @@ impl VslChannel {
         }
         self.seal_partial(c);
         self.open = None;
-        let n = self.cmds[c].n;
-        let floor = self.floor();
-        let _ = self.ring.ensure_room(&self.vsl.blocks, n as u64, floor);
-        let cmd = &mut self.cmds[c];
-        cmd.off = 0;
-        match self.ring.take(n) {
-            Some(ext) => {
-                cmd.block = ext.block;
-                cmd.first = ext.first;
-                cmd.cnt = ext.count;
-                if self.submit_program(c).is_err() {
-                    self.cmds[c].stalled = true;
-                    let _ = self.stalled.push(c as u16);
-                }
-            }
-            None => {
-                // No room now (the groomer is behind): the stalled-command
-                // path places it once space is free, or fails it when the
-                // card turned read-only.
-                cmd.cnt = 0;
-                cmd.stalled = true;
-                let _ = self.stalled.push(c as u16);
-                self.vsl.gc_active.store(true, Ordering::Release);
-            }
+        self.cmds[c].off = 0;
+        if self.place_scattered(c) == 0 {
+            // No room now (the groomer is behind): the stalled-command path
+            // places it once space is free, or fails it when the card
+            // turned read-only.
+            self.cmds[c].stalled = true;
+            let _ = self.stalled.push(c as u16);
+            self.vsl.gc_active.store(true, Ordering::Release);
+        } else if self.submit_program(c).is_err() {
+            self.cmds[c].stalled = true;
+            let _ = self.stalled.push(c as u16);
         }
         true
     }

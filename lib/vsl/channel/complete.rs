@@ -37,10 +37,11 @@ impl VslChannel {
     /// Installs program pages `[from, to)` of command `c` (already on flash).
     pub(super) fn install_pages(&mut self, c: usize, from: u32, to: u32, block: u32, first: u32) {
         let cmd_kind = self.cmds[c].kind;
+        let scattered = self.cmds[c].scattered;
         let base = self.layout.first_page(block) + first;
         let mut raw = [0u8; OOB_RECORD_LEN];
         for i in from..to {
-            let page = base + (i - from);
+            let page = if scattered { self.cmds[c].ppn[i as usize] } else { base + (i - from) };
             if cmd_kind == CmdKind::Write || cmd_kind == CmdKind::Atomic {
                 // SAFETY: our OOB slot; the card finished reading it.
                 unsafe { std::ptr::copy_nonoverlapping(self.oob_ptr(c, i as usize), raw.as_mut_ptr(), OOB_RECORD_LEN) };
@@ -97,6 +98,9 @@ impl VslChannel {
                 // Members that landed in the failed block are orphans there.
                 self.vsl.note_programmed(block, ok_pages, seq);
             }
+        } else if self.cmds[c].scattered {
+            self.install_pages(c, off, off + ok_pages, block, first);
+            self.note_scattered_programmed(c, off, off + ok_pages, seq);
         } else {
             self.install_pages(c, off, off + ok_pages, block, first);
             if ok_pages > 0 {
@@ -126,6 +130,11 @@ impl VslChannel {
                 if comp.status == CardStatus::ProgramFailed {
                     self.vsl.ctr.program_failures.fetch_add(1, Ordering::Relaxed);
                 }
+                let block = if self.cmds[c].scattered {
+                    self.layout.block_of_page(self.cmds[c].ppn[(off + ok_pages) as usize])
+                } else {
+                    block
+                };
                 self.ring.drop_block(block);
                 self.vsl.retire_block(block);
                 if kind == CmdKind::Pad {
@@ -164,6 +173,22 @@ impl VslChannel {
             self.cmds[c].cnt = 0;
             self.cmds[c].stalled = true;
             let _ = self.stalled.push(c as u16);
+            return 0;
+        }
+        if self.cmds[c].scattered {
+            if self.place_scattered(c) == 0 {
+                if self.vsl.is_read_only() || self.vsl.is_offline() {
+                    let e = if self.vsl.is_offline() { IoError::PowerLost } else { IoError::ReadOnly };
+                    self.cmd_error(c, |_| e);
+                    return self.release_and_done(c, f);
+                }
+                self.cmds[c].stalled = true;
+                let _ = self.stalled.push(c as u16);
+                self.vsl.gc_active.store(true, Ordering::Release);
+            } else if self.submit_program(c).is_err() {
+                self.cmds[c].stalled = true;
+                let _ = self.stalled.push(c as u16);
+            }
             return 0;
         }
         let ext = if kind == CmdKind::Atomic {

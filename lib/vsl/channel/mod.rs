@@ -134,6 +134,12 @@ struct Cmd {
     data: [u64; CMD_PAGES],
     staging: [u16; CMD_PAGES],
     runs: [Run; CMD_PAGES],
+    /// Coalesced write commands spread their pages over the open blocks
+    /// of every die (a vector program with one address per page): page
+    /// `off + k` goes to linear page `ppn[off + k]`. Other commands use
+    /// one extent, `block`/`first`.
+    scattered: bool,
+    ppn: [u32; CMD_PAGES],
     /// Requests with sectors in a coalesced write command (`req` is
     /// [`NO_REQ`] then); each counted once in its request's `pending`.
     members: Vec<u16>,
@@ -154,6 +160,8 @@ impl Cmd {
             data: [0; CMD_PAGES],
             staging: [NO_STAGE; CMD_PAGES],
             runs: [Run::default(); CMD_PAGES],
+            scattered: false,
+            ppn: [0; CMD_PAGES],
             members: Vec::with_capacity(max_members),
         }
     }
@@ -472,6 +480,7 @@ impl VslChannel {
             }
         }
         self.cmds[c].n = 0;
+        self.cmds[c].scattered = false;
         self.cmd_free.push(c as u16);
     }
     /// Rings the doorbell for everything submitted, reaps completions,

@@ -70,10 +70,16 @@ impl VslChannel {
     pub(super) fn submit_program(&mut self, c: usize) -> Result<(), SubmitError> {
         let cmd = &self.cmds[c];
         let mut ppas = [Ppa::new(0, 0, 0); CMD_PAGES];
-        let die = self.layout.die_of_block(cmd.block);
-        let blk = cmd.block % self.layout.geometry.blocks_per_die;
-        for (k, p) in ppas.iter_mut().enumerate().take(cmd.cnt as usize) {
-            *p = Ppa::new(die, blk, cmd.first + k as u32);
+        if cmd.scattered {
+            for (k, p) in ppas.iter_mut().enumerate().take(cmd.cnt as usize) {
+                *p = self.layout.ppa(cmd.ppn[cmd.off as usize + k]);
+            }
+        } else {
+            let die = self.layout.die_of_block(cmd.block);
+            let blk = cmd.block % self.layout.geometry.blocks_per_die;
+            for (k, p) in ppas.iter_mut().enumerate().take(cmd.cnt as usize) {
+                *p = Ppa::new(die, blk, cmd.first + k as u32);
+            }
         }
         let off = cmd.off as usize;
         let cnt = cmd.cnt as usize;
