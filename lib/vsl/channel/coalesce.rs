@@ -199,12 +199,9 @@ impl VslChannel {
             // No room now (the groomer is behind): the stalled-command path
             // places it once space is free, or fails it when the card
             // turned read-only.
-            self.cmds[c].stalled = true;
-            let _ = self.stalled.push(c as u16);
-            self.vsl.gc_active.store(true, Ordering::Release);
+            self.park(c, true);
         } else if self.submit_program(c).is_err() {
-            self.cmds[c].stalled = true;
-            let _ = self.stalled.push(c as u16);
+            self.park(c, false);
         }
         true
     }

@@ -175,35 +175,22 @@ impl VslChannel {
             let _ = self.stalled.push(c as u16);
             return 0;
         }
-        if self.cmds[c].scattered {
-            if self.place_scattered(c) == 0 {
-                if self.vsl.is_read_only() || self.vsl.is_offline() {
-                    let e = if self.vsl.is_offline() { IoError::PowerLost } else { IoError::ReadOnly };
-                    self.cmd_error(c, |_| e);
-                    return self.release_and_done(c, f);
-                }
-                self.cmds[c].stalled = true;
-                let _ = self.stalled.push(c as u16);
-                self.vsl.gc_active.store(true, Ordering::Release);
-            } else if self.submit_program(c).is_err() {
-                self.cmds[c].stalled = true;
-                let _ = self.stalled.push(c as u16);
-            }
-            return 0;
-        }
-        let ext = if kind == CmdKind::Atomic {
+        let ext = if self.cmds[c].scattered {
+            // Coalesced writes: one page per append point (no extent).
+            (self.place_scattered(c) > 0).then_some(None)
+        } else if kind == CmdKind::Atomic {
             match self.ring.take_contiguous(&self.vsl.blocks, left, 0) {
                 Ok((pad, e)) => {
                     if let Some(p) = pad {
                         let r = self.cmds[c].req;
                         self.submit_pad(r, p.block, p.first, p.count);
                     }
-                    Some(e)
+                    Some(Some(e))
                 }
                 Err(_) => None,
             }
         } else if self.ring.ensure_room(&self.vsl.blocks, 1, 0).is_ok() {
-            self.ring.take(left)
+            self.ring.take(left).map(Some)
         } else {
             None
         };
@@ -213,23 +200,29 @@ impl VslChannel {
                 self.cmd_error(c, |_| e);
                 return self.release_and_done(c, f);
             }
-            self.cmds[c].stalled = true;
-            let _ = self.stalled.push(c as u16);
-            self.vsl.gc_active.store(true, Ordering::Release);
+            self.park(c, true);
             return 0;
         };
-        {
+        self.cmds[c].stalled = false;
+        if let Some(ext) = ext {
             let cmd = &mut self.cmds[c];
             cmd.block = ext.block;
             cmd.first = ext.first;
             cmd.cnt = ext.count;
-            cmd.stalled = false;
         }
         if self.submit_program(c).is_err() {
-            self.cmds[c].stalled = true;
-            let _ = self.stalled.push(c as u16);
+            self.park(c, false);
         }
         0
+    }
+    /// Parks program command `c` until a later poll can place (`no_room`:
+    /// the groomer is asked for space) or send it.
+    pub(super) fn park(&mut self, c: usize, no_room: bool) {
+        self.cmds[c].stalled = true;
+        let _ = self.stalled.push(c as u16);
+        if no_room {
+            self.vsl.gc_active.store(true, Ordering::Release);
+        }
     }
     pub(super) fn retry_stalled(&mut self, f: &mut dyn FnMut(u64, Result<(), IoError>)) -> usize {
         let mut done = 0;
