@@ -1,6 +1,15 @@
 //! Reads: map lookups (pinning the blocks read from against erasure),
 //! page reads into staging or straight into the caller's buffer, and the
 //! checks on completion (OOB names the LBA, data matches its CRC).
+//!
+//! Zero-copy: with one sector per page, a page-aligned destination takes
+//! the whole page; with several sectors per page, a run of sectors of one
+//! page goes to a sector-aligned destination through a column read (only
+//! those sectors cross the bus) and is checked against its per-sector CRCs.
+//! Everything else is read whole into a staging page and copied out.
+
+use crate::card::protocol::COLUMN_UNIT;
+use crate::card::Column;
 
 use super::*;
 
@@ -59,7 +68,12 @@ impl VslChannel {
                     continue;
                 }
             }
-            let zero_copy = !zero && self.spp == 1 && dst_iova.is_multiple_of(self.page_size as u64);
+            let zero_copy = !zero
+                && if self.spp == 1 {
+                    dst_iova.is_multiple_of(self.page_size as u64)
+                } else {
+                    dst_iova.is_multiple_of(COLUMN_UNIT as u64)
+                };
             if !zero {
                 data_runs += 1;
                 if !zero_copy {
@@ -76,7 +90,21 @@ impl VslChannel {
                 zero,
             });
         }
-        let cmds = data_runs.div_ceil(CMD_PAGES);
+        // One column per command: a run whose column differs from the
+        // previous one starts a new command.
+        let mut cmds = 0usize;
+        let mut key = u32::MAX;
+        let mut in_cmd = 0usize;
+        for run in self.runs.iter().filter(|r| !r.zero) {
+            let k = self.run_column(run).to_wire();
+            if k != key || in_cmd == CMD_PAGES {
+                cmds += 1;
+                key = k;
+                in_cmd = 0;
+            }
+            in_cmd += 1;
+        }
+        debug_assert!(cmds >= data_runs.div_ceil(CMD_PAGES));
         if !self.have_room(cmds, staged) {
             for run in self.runs.iter().filter(|r| !r.zero) {
                 vsl.blocks
@@ -91,6 +119,7 @@ impl VslChannel {
         self.reqs[r as usize].count = count;
         let mut c = usize::MAX;
         let mut n = 0usize;
+        let mut col = Column::WHOLE_PAGE;
         let mut ppas = [Ppa::new(0, 0, 0); CMD_PAGES];
         for ri in 0..self.runs.len() {
             let run = self.runs[ri];
@@ -100,7 +129,13 @@ impl VslChannel {
                 unsafe { std::ptr::write_bytes(run.dst as *mut u8, 0, run.nslots as usize * ss) };
                 continue;
             }
+            let run_col = self.run_column(&run);
+            if c != usize::MAX && run_col != col {
+                self.submit_read(c, &ppas[..n], col, r);
+                c = usize::MAX;
+            }
             if c == usize::MAX {
+                col = run_col;
                 c = self.cmd_free.pop().unwrap_or(0) as usize;
                 let cmd = &mut self.cmds[c];
                 cmd.kind = CmdKind::Read;
@@ -123,21 +158,36 @@ impl VslChannel {
             n += 1;
             cmd.n = n as u32;
             if n == CMD_PAGES {
-                self.submit_read(c, &ppas[..n], r);
+                self.submit_read(c, &ppas[..n], col, r);
                 c = usize::MAX;
             }
         }
         if c != usize::MAX {
-            self.submit_read(c, &ppas[..n], r);
+            self.submit_read(c, &ppas[..n], col, r);
         }
         if self.reqs[r as usize].pending == 0 {
             let _ = self.ready.push(r);
         }
         Ok(())
     }
-    pub(super) fn submit_read(&mut self, c: usize, ppas: &[Ppa], r: u16) {
-        let data = self.cmds[c].data;
-        let res = self.q.read(ppas, &data[..ppas.len()], Some(self.oob_iova(c, 0)), c as u64);
+    /// The part of its page a run reads: the whole page when it is staged
+    /// or covers the page, else (zero-copy, several sectors per page) just
+    /// its sectors.
+    fn run_column(&self, run: &Run) -> Column {
+        if run.dst_iova == 0 || run.nslots as u32 == self.spp {
+            return Column::WHOLE_PAGE;
+        }
+        let units = (self.sector_size / COLUMN_UNIT) as u16;
+        Column::new(run.slot as u16 * units, run.nslots as u16 * units)
+    }
+    pub(super) fn submit_read(&mut self, c: usize, ppas: &[Ppa], col: Column, r: u16) {
+        let data = &self.cmds[c].data[..ppas.len()];
+        let oob = Some(self.oob_iova(c, 0));
+        let res = if col.is_whole_page() {
+            self.q.read(ppas, data, oob, c as u64)
+        } else {
+            self.q.read_column(ppas, data, col, oob, c as u64)
+        };
         if res.is_ok() {
             self.reqs[r as usize].pending += 1;
         } else {
@@ -181,43 +231,52 @@ impl VslChannel {
                 continue;
             }
             let stage = self.cmds[c].staging[i];
-            let page_ptr = if stage == NO_STAGE {
-                run.dst as *const u8
+            // Where the run's sectors landed, and the whole page if it was
+            // read whole (staged, or zero-copy of a run covering its page).
+            let (sectors, page) = if stage != NO_STAGE {
+                let page = self.stage_ptr(stage) as *const u8;
+                (page.wrapping_add(run.slot as usize * ss), Some(page))
+            } else if self.run_column(&run).is_whole_page() {
+                (run.dst as *const u8, Some(run.dst as *const u8))
             } else {
-                self.stage_ptr(stage) as *const u8
+                (run.dst as *const u8, None)
             };
-            // SAFETY: the read completed, so the card no longer writes the
-            // page (staging page or the caller's zero-copy buffer, which is
-            // page_size long there); the OOB slot is ours.
-            let (page, ok) = unsafe {
-                std::ptr::copy_nonoverlapping(self.oob_ptr(c, i), raw.as_mut_ptr(), OOB_RECORD_LEN);
-                let page = std::slice::from_raw_parts(page_ptr, self.page_size);
-                let ok = match OobRecord::decode(&raw) {
-                    Some(d) => {
-                        d.record.kind == PageKind::Data
-                            && (0..run.nslots as usize)
-                                .all(|k| d.record.lbas[run.slot as usize + k] as u64 == run.lba + k as u64)
-                            && d.data_matches(page)
+            // SAFETY: the OOB slot (cmd c, page i) is ours and the read
+            // completed, so the card no longer writes it.
+            unsafe { std::ptr::copy_nonoverlapping(self.oob_ptr(c, i), raw.as_mut_ptr(), OOB_RECORD_LEN) };
+            let ok = OobRecord::decode(&raw).is_some_and(|d| {
+                let rec = &d.record;
+                let slot = run.slot as usize;
+                let nslots = run.nslots as usize;
+                let lbas_ok = rec.kind == PageKind::Data
+                    && slot + nslots <= rec.count as usize
+                    && (0..nslots).all(|k| rec.lbas[slot + k] as u64 == run.lba + k as u64);
+                if !lbas_ok {
+                    return false;
+                }
+                // SAFETY: the read completed, so the card no longer writes
+                // the staging page or the caller's buffer: `nslots * ss`
+                // bytes of sectors at `sectors`, and `page_size` bytes at
+                // `page` when the page was read whole (the staging page, or
+                // a zero-copy run that covers its page).
+                unsafe {
+                    if rec.slots > 1 {
+                        d.sectors_match(slot, ss, std::slice::from_raw_parts(sectors, nslots * ss))
+                    } else {
+                        page.is_some_and(|p| d.data_matches(std::slice::from_raw_parts(p, self.page_size)))
                     }
-                    None => false,
-                };
-                (page.as_ptr(), ok)
-            };
+                }
+            });
             if !ok {
                 self.vsl.ctr.checksum_errors.fetch_add(1, Ordering::Relaxed);
                 self.reqs[r as usize].error.get_or_insert(IoError::Corrupt { lba: run.lba });
                 continue;
             }
             if stage != NO_STAGE {
-                // SAFETY: source is our staging page; destination is the
-                // caller's buffer promised writable for this read.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        page.add(run.slot as usize * ss),
-                        run.dst as *mut u8,
-                        run.nslots as usize * ss,
-                    )
-                };
+                // SAFETY: source is the run's sectors in our staging page;
+                // destination is the caller's buffer promised writable for
+                // this read.
+                unsafe { std::ptr::copy_nonoverlapping(sectors, run.dst as *mut u8, run.nslots as usize * ss) };
             }
         }
         self.release_cmd(c);
