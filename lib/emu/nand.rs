@@ -768,6 +768,27 @@ impl NandArray {
         self.powered.load(Ordering::SeqCst)
     }
 
+    /// Flips the bits `xor` of data byte `offset` of page `ppa` in place:
+    /// silent corruption that ECC did not catch (fault injection; the OOB
+    /// and the page's ECC state are untouched). The host's data CRCs are
+    /// what must notice it.
+    pub fn corrupt_data(&self, ppa: Ppa, offset: usize, xor: u8) -> Result<(), NandError> {
+        let g = self.config.geometry;
+        if !g.contains(ppa) || offset >= g.page_size as usize {
+            return Err(NandError::InvalidAddress(ppa));
+        }
+        let pi = g.page_index(ppa);
+        let _guard = self.block_locks[self.block_index(ppa.die, ppa.block) as usize].lock();
+        // SAFETY: `pi` is an existing page and `offset` lies in it, so the
+        // byte is inside the mapping; the block lock keeps readers and
+        // writers of the page out while it changes.
+        unsafe {
+            let byte = self.image.ptr(self.data_off(pi) + offset as u64);
+            byte.write(byte.read() ^ xor);
+        }
+        Ok(())
+    }
+
     /// Fails a whole die (fault injection; persisted). Every later operation
     /// on it fails with [`NandError::DieFailed`].
     pub fn fail_die(&self, die: u32) -> Result<(), NandError> {
