@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::nand::{BlockState, NandArray, PageRead};
@@ -35,8 +36,13 @@ const BAR_BYTES: usize = 16 * 1024;
 pub const MAX_IO_QUEUES: u16 = 64;
 /// Most entries per queue.
 pub const MAX_QUEUE_ENTRIES: u32 = 4096;
-/// Doorbell stride 4 bytes (CAP.DSTRD = 0).
-const STRIDE: usize = 4;
+/// CAP.DSTRD: doorbells 64 bytes apart, so each queue's doorbells sit on
+/// cache lines of their own and threads ringing different queues do not
+/// bounce one line between their cores (the host reads the stride from CAP).
+const DSTRD: u8 = 4;
+/// Doorbell stride in bytes.
+const STRIDE: usize = 4 << DSTRD;
+const _: () = assert!(REG_DOORBELL_BASE + (2 * MAX_IO_QUEUES as usize + 2) * STRIDE <= BAR_BYTES);
 
 /// How an emulated controller behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,11 +86,17 @@ pub struct EmuController {
     bar: Arc<BarMemory>,
     identify: IdentifyData,
     enabled: AtomicBool,
-    sqs: Box<[Mutex<Option<DeviceSq>>]>,
-    cqs: Box<[Mutex<Option<DeviceCq>>]>,
+    /// Per queue id; padded so the queues of two threads share no line.
+    sqs: Box<[CachePadded<Mutex<Option<DeviceSq>>>]>,
+    cqs: Box<[CachePadded<Mutex<Option<DeviceCq>>>]>,
     clocks: DieClocks,
     started: Instant,
+    /// I/O commands executed while a power cut was armed (`cut_at` set).
     commands: AtomicU64,
+    /// Per submission queue, I/O commands executed while no cut was armed;
+    /// written only under that queue's lock, so no line is shared.
+    queue_commands: Box<[CachePadded<AtomicU64>]>,
+    /// Value of `commands` after which power is cut; `u64::MAX`: no cut.
     cut_at: AtomicU64,
     powered_off: AtomicBool,
     temperature_max_mc: AtomicI32,
@@ -94,7 +106,7 @@ impl std::fmt::Debug for EmuController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmuController")
             .field("options", &self.options)
-            .field("commands", &self.commands.load(Ordering::Relaxed))
+            .field("commands", &self.commands_processed())
             .field("powered_off", &self.powered_off.load(Ordering::Relaxed))
             .finish()
     }
@@ -124,7 +136,7 @@ impl EmuController {
         // BAR_BYTES that the Arc passed as owner keeps alive; it is only
         // accessed through volatile u32/u64 operations.
         let regs = unsafe { Mmio::new(base, BAR_BYTES, None, Some(bar.clone())) };
-        regs.store64(REG_CAP, Capabilities::build(MAX_QUEUE_ENTRIES, 20, 0).0);
+        regs.store64(REG_CAP, Capabilities::build(MAX_QUEUE_ENTRIES, 20, DSTRD).0);
         regs.store32(REG_VS, 0x0001_0400); // NVMe 1.4 register layout
         let identify = IdentifyData {
             identity: config.identity.clone(),
@@ -145,10 +157,11 @@ impl EmuController {
             bar,
             identify,
             enabled: AtomicBool::new(false),
-            sqs: (0..queues).map(|_| Mutex::new(None)).collect(),
-            cqs: (0..queues).map(|_| Mutex::new(None)).collect(),
+            sqs: (0..queues).map(|_| CachePadded::new(Mutex::new(None))).collect(),
+            cqs: (0..queues).map(|_| CachePadded::new(Mutex::new(None))).collect(),
             started: Instant::now(),
             commands: AtomicU64::new(0),
+            queue_commands: (0..queues).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             cut_at: AtomicU64::new(u64::MAX),
             powered_off: AtomicBool::new(false),
             temperature_max_mc: AtomicI32::new(0),
@@ -178,12 +191,15 @@ impl EmuController {
 
     /// I/O commands processed so far.
     pub fn commands_processed(&self) -> u64 {
-        self.commands.load(Ordering::Relaxed)
+        let unarmed: u64 = self.queue_commands.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        unarmed + self.commands.load(Ordering::Relaxed)
     }
 
     /// Cuts power when `n` more I/O commands have been processed: those `n`
     /// execute, everything after completes with a power-loss status and
-    /// does nothing.
+    /// does nothing. `u64::MAX` calls an armed cut off. While a cut is
+    /// armed, every queue counts on one shared counter, so the cut lands
+    /// after exactly `n` commands whichever queues they came from.
     pub fn power_cut_after(&self, n: u64) {
         let now = self.commands.load(Ordering::Relaxed);
         self.cut_at.store(now.saturating_add(n), Ordering::Relaxed);
@@ -337,7 +353,7 @@ impl EmuController {
                 let (status, dw0) = self.execute_admin(&sqe);
                 (status, dw0, 0, now)
             } else {
-                self.execute_io(&sqe, now)
+                self.execute_io(qid, &sqe, now)
             };
             let cqe = [
                 dw0,
@@ -614,12 +630,11 @@ impl EmuController {
 
     /// Executes one I/O command; returns status, dw0, dw1 and when the
     /// completion is due.
-    fn execute_io(&self, sqe: &SubmissionEntry, now: u64) -> (Status, u32, u32, u64) {
+    fn execute_io(&self, qid: u16, sqe: &SubmissionEntry, now: u64) -> (Status, u32, u32, u64) {
         if self.is_powered_off() {
             return (generic::ABORTED_POWER_LOSS, 0, 0, now);
         }
-        let n = self.commands.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.cut_at.load(Ordering::Relaxed) {
+        if !self.count_command(qid) {
             self.cut();
             return (generic::ABORTED_POWER_LOSS, 0, 0, now);
         }
@@ -637,6 +652,22 @@ impl EmuController {
             Ok((status, dw0, dw1, due)) => (status.to_status(), dw0, dw1, due),
             Err(status) => (status.to_status(), 0, 0, now),
         }
+    }
+
+    /// Counts an I/O command of submission queue `qid` (whose lock the
+    /// caller holds); false if it is past an armed power cut. Without a
+    /// cut armed the count stays in the queue's own line.
+    #[inline]
+    fn count_command(&self, qid: u16) -> bool {
+        let cut_at = self.cut_at.load(Ordering::Relaxed);
+        if cut_at == u64::MAX {
+            if let Some(count) = self.queue_commands.get(qid as usize) {
+                // Only this queue's lock holder writes it: no lost update.
+                count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            return true;
+        }
+        self.commands.fetch_add(1, Ordering::Relaxed) < cut_at
     }
 
     fn execute_vector(

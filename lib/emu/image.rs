@@ -5,7 +5,7 @@
 //! 0        header (4 KiB): magic "IOMEMIMG", version, header length,
 //!          config length, crc32c of the header, layout size, config JSON
 //! state    PLP flag, per-die failure flags                  (u32 words)
-//! counters lifetime counters                                (u64 words)
+//! counters lifetime counters: totals, then per-thread shards (u64 words)
 //! blocks   per erase block: P/E, write pointer, state, bad reason (16 B)
 //! pages    per page: program generation, flags | program day    (8 B)
 //! oob      per page: oob_size bytes
@@ -19,7 +19,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
 
@@ -41,8 +41,16 @@ const CONFIG_OFFSET: usize = 64;
 pub(crate) const BLOCK_RECORD_LEN: u64 = 16;
 /// Bytes per page record.
 pub(crate) const PAGE_RECORD_LEN: u64 = 8;
-/// u64 slots in the counters region (room to grow without a new version).
+/// u64 slots per counter shard (room to grow without a new version).
 const COUNTER_SLOTS: u64 = 64;
+/// Shards of the counters region. Shard 0 holds the persisted totals; the
+/// others take the increments of the I/O path, one shard per thread, so
+/// two cores never bounce one counter line between them. A counter's value
+/// is the sum over its shards; [`Image::fold_counter_shards`] moves the
+/// shards into the totals. All shards fit the counters region's one page,
+/// so the layout is the same as with totals alone.
+pub(crate) const COUNTER_SHARDS: usize = 8;
+const _: () = assert!(COUNTER_SHARDS as u64 * COUNTER_SLOTS * 8 <= REGION_ALIGN);
 /// Offset of the first per-die flag word in the state region.
 const DIE_FLAGS_OFFSET: u64 = 64;
 
@@ -159,7 +167,7 @@ impl Layout {
         let pages = g.total_pages();
         let state_off = HEADER_LEN as u64;
         let counters_off = region(state_off, Some(DIE_FLAGS_OFFSET + 4 * g.dies() as u64))?;
-        let blocks_off = region(counters_off, Some(COUNTER_SLOTS * 8))?;
+        let blocks_off = region(counters_off, Some(COUNTER_SHARDS as u64 * COUNTER_SLOTS * 8))?;
         let pages_off = region(blocks_off, g.total_blocks().checked_mul(BLOCK_RECORD_LEN))?;
         let oob_off = region(pages_off, pages.checked_mul(PAGE_RECORD_LEN))?;
         let data_off = region(oob_off, pages.checked_mul(g.oob_size as u64))?;
@@ -384,11 +392,48 @@ impl Image {
         unsafe { AtomicU64::from_ptr(self.ptr(off).cast()) }
     }
 
-    /// The lifetime counter `c`.
+    /// The persisted total of lifetime counter `c` (shard 0): stores and
+    /// sequence numbers go here; increments on the I/O path go to
+    /// [`Self::counter_shard`].
     pub fn counter(&self, c: Counter) -> &AtomicU64 {
-        // SAFETY: counter slots lie inside the counters region, 8-aligned
-        // (the region is page-aligned) and fewer than COUNTER_SLOTS.
-        unsafe { self.u64_at(self.layout.counters_off + c as u64 * 8) }
+        self.slot(0, c as u64)
+    }
+
+    /// Shard `shard` (taken modulo [`COUNTER_SHARDS`]) of counter `c`.
+    pub fn counter_shard(&self, shard: usize, c: Counter) -> &AtomicU64 {
+        self.slot(shard % COUNTER_SHARDS, c as u64)
+    }
+
+    /// The value of counter `c`: its total plus every shard. Exact when no
+    /// fold runs at the same time (the caller serializes the two).
+    pub fn counter_sum(&self, c: Counter) -> u64 {
+        (0..COUNTER_SHARDS).map(|s| self.slot(s, c as u64).load(Ordering::Relaxed)).fold(0, u64::wrapping_add)
+    }
+
+    /// Moves every shard's counts into the totals (after this the image at
+    /// rest holds each value in one word, as older builds expect). Counts
+    /// added concurrently are never lost: each shard is emptied by an
+    /// atomic swap before its value is added to the total.
+    pub fn fold_counter_shards(&self) {
+        for slot in 0..COUNTER_SLOTS {
+            for shard in 1..COUNTER_SHARDS {
+                let v = self.slot(shard, slot).swap(0, Ordering::Relaxed);
+                if v != 0 {
+                    self.slot(0, slot).fetch_add(v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Counter word `slot` of shard `shard`.
+    fn slot(&self, shard: usize, slot: u64) -> &AtomicU64 {
+        debug_assert!(shard < COUNTER_SHARDS && slot < COUNTER_SLOTS);
+        let index = (shard as u64 % COUNTER_SHARDS as u64) * COUNTER_SLOTS + slot % COUNTER_SLOTS;
+        // SAFETY: `index` < COUNTER_SHARDS * COUNTER_SLOTS, so the word lies
+        // inside the counters region (sized for every shard in
+        // `Layout::for_geometry`), 8-aligned because the region is
+        // page-aligned.
+        unsafe { self.u64_at(self.layout.counters_off + index * 8) }
     }
 
     /// The persisted power-loss-protection flag word.
@@ -458,6 +503,30 @@ mod tests {
         assert!(offs.windows(2).all(|w| w[0] < w[1]));
         assert!(offs.iter().all(|o| o % REGION_ALIGN == 0));
         assert!(l.total_len - l.data_off >= c.geometry.raw_bytes());
+    }
+
+    #[test]
+    fn counter_shards_sum_and_fold_into_the_totals() {
+        let c = small_test_config(2);
+        let image = Image::create_memory(&c).unwrap();
+        image.counter(Counter::PagesRead).store(10, Ordering::Relaxed);
+        for shard in 0..COUNTER_SHARDS * 2 {
+            image.counter_shard(shard, Counter::PagesRead).fetch_add(shard as u64 + 1, Ordering::Relaxed);
+        }
+        image.counter_shard(3, Counter::BytesRead).fetch_add(4096, Ordering::Relaxed);
+        let pages = 10 + (1..=COUNTER_SHARDS as u64 * 2).sum::<u64>();
+        assert_eq!(image.counter_sum(Counter::PagesRead), pages);
+        image.fold_counter_shards();
+        assert_eq!(image.counter(Counter::PagesRead).load(Ordering::Relaxed), pages);
+        assert_eq!(image.counter(Counter::BytesRead).load(Ordering::Relaxed), 4096);
+        assert_eq!(image.counter_sum(Counter::PagesRead), pages);
+        for shard in 1..COUNTER_SHARDS {
+            assert_eq!(image.counter_shard(shard, Counter::PagesRead).load(Ordering::Relaxed), 0);
+        }
+        // The shards live inside the counters region: the next region
+        // (block records) is untouched.
+        // SAFETY: blocks_off is a 4-aligned offset inside the mapping.
+        assert_eq!(unsafe { image.u32_at(image.layout().blocks_off) }.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -6,18 +6,19 @@
 //! The controller calls this from one thread per queue pair. There is no
 //! global lock: each erase block has its own lock, the write buffer has one
 //! lock per die (taken only with power-loss protection off), and counters
-//! are atomics in the image.
+//! are atomics in the image, sharded per thread (see [`thread_shard`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::image::{Counter, EmuError, Image, BLOCK_RECORD_LEN, PAGE_RECORD_LEN};
+use super::image::{Counter, EmuError, Image, BLOCK_RECORD_LEN, COUNTER_SHARDS, PAGE_RECORD_LEN};
 use super::physics::{is_factory_bad, PhysicsParams};
 use crate::card::{CardIdentity, Geometry, Ppa};
 
@@ -295,6 +296,23 @@ fn prefetch_lines(ptr: *const u8, len: usize) {
     let _ = (ptr, len);
 }
 
+/// The counter shard (1..[`COUNTER_SHARDS`]) the calling thread adds to.
+/// Threads take shards round-robin on first use, so the few I/O threads of
+/// a run each own one and their counter increments stay in their own
+/// core's cache; shard 0 is the totals, which only folds write.
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(0) };
+    }
+    SHARD.with(|shard| {
+        if shard.get() == 0 {
+            shard.set(1 + NEXT.fetch_add(1, Ordering::Relaxed) % (COUNTER_SHARDS - 1));
+        }
+        shard.get()
+    })
+}
+
 /// The NAND flash of an emulated card, shared between controller threads.
 pub struct NandArray {
     image: Image,
@@ -307,6 +325,9 @@ pub struct NandArray {
     powered: AtomicBool,
     /// When power-on time was last folded into the persisted counter.
     powered_since: Mutex<Option<Instant>>,
+    /// Serializes reading the counters with folding their shards, so a
+    /// reader never sees a count on its way from a shard to its total.
+    counters_fold: Mutex<()>,
 }
 
 impl std::fmt::Debug for NandArray {
@@ -350,6 +371,8 @@ impl NandArray {
     /// exclusive lock on it for the lifetime of the array. Counts a power cycle.
     pub fn open(path: &Path) -> Result<Arc<NandArray>, EmuError> {
         let (image, config) = Image::open_file(path)?;
+        // Shards left by a process that died without closing the image.
+        image.fold_counter_shards();
         let array = Self::assemble(image, config);
         array.counter(Counter::PowerCycles).fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(array))
@@ -366,6 +389,7 @@ impl NandArray {
             write_buffers,
             powered: AtomicBool::new(true),
             powered_since: Mutex::new(Some(Instant::now())),
+            counters_fold: Mutex::new(()),
         }
     }
 
@@ -402,8 +426,16 @@ impl NandArray {
         self.image.counter(c)
     }
 
+    /// Adds to counter `c` in the calling thread's shard (no cache line
+    /// shared with other I/O threads).
     fn bump(&self, c: Counter, by: u64) {
-        self.counter(c).fetch_add(by, Ordering::Relaxed);
+        self.image.counter_shard(thread_shard(), c).fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// Folds the per-thread counter shards into the persisted totals.
+    fn fold_counters(&self) {
+        let _fold = self.counters_fold.lock();
+        self.image.fold_counter_shards();
     }
 
     fn block_index(&self, die: u32, block: u32) -> u64 {
@@ -752,6 +784,7 @@ impl NandArray {
                 self.tear(pi);
             }
         }
+        self.fold_counters();
     }
 
     /// Restores power after [`Self::power_cut`]; counts a power cycle.
@@ -817,7 +850,8 @@ impl NandArray {
 
     /// Lifetime counters.
     pub fn counters(&self) -> NandCounters {
-        let c = |c: Counter| self.counter(c).load(Ordering::Relaxed);
+        let _fold = self.counters_fold.lock();
+        let c = |c: Counter| self.image.counter_sum(c);
         let running = self.powered_since.lock().map(|s| s.elapsed().as_secs()).unwrap_or(0);
         NandCounters {
             bytes_written: c(Counter::BytesWritten),
@@ -844,6 +878,7 @@ impl NandArray {
         if self.is_powered() {
             self.fold_power_on_time(true);
         }
+        self.fold_counters();
         self.image.sync()
     }
 }
@@ -855,6 +890,7 @@ impl Drop for NandArray {
         if self.is_powered() {
             self.fold_power_on_time(false);
         }
+        self.fold_counters();
         // Nothing to report to on drop; `sync()` is there for callers who
         // need to see the error.
         let _ = self.image.sync();
