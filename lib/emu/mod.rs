@@ -6,6 +6,7 @@ mod image;
 mod nand;
 mod physics;
 mod profile;
+mod seqlock;
 
 pub use image::{EmuError, HEADER_LEN, IMAGE_MAGIC, IMAGE_VERSION};
 pub use nand::{

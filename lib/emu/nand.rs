@@ -4,9 +4,11 @@
 //! when power-loss protection is off, and power cuts.
 //!
 //! The controller calls this from one thread per queue pair. There is no
-//! global lock: each erase block has its own lock, the write buffer has one
-//! lock per die (taken only with power-loss protection off), and counters
-//! are atomics in the image, sharded per thread (see [`thread_shard`]).
+//! global lock: each erase block has its own lock, which programs and
+//! erases take (page reads take none: they check the block's sequence word
+//! instead, see [`BlockSeqs`]), the write buffer has one lock per die
+//! (taken only with power-loss protection off), and counters are atomics in
+//! the image, sharded per thread (see [`thread_shard`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::image::{Counter, EmuError, Image, BLOCK_RECORD_LEN, COUNTER_SHARDS, PAGE_RECORD_LEN};
 use super::physics::{is_factory_bad, PhysicsParams};
+use super::seqlock::BlockSeqs;
 use crate::card::{CardIdentity, Geometry, Ppa};
 
 /// Pages per die that a card without power-loss protection holds in its
@@ -317,9 +320,12 @@ fn thread_shard() -> usize {
 pub struct NandArray {
     image: Image,
     config: NandConfig,
-    /// One lock per erase block, guarding its record, page records, OOB and
-    /// data.
+    /// One lock per erase block, serializing the changes of its record,
+    /// page records, OOB and data.
     block_locks: Box<[Mutex<()>]>,
+    /// One sequence word per erase block: page reads run without the lock
+    /// and retry if an erase (or data fault injection) overlapped them.
+    block_seqs: BlockSeqs,
     /// Per die, linear page indices acknowledged but not yet durable.
     write_buffers: Box<[Mutex<VecDeque<u64>>]>,
     powered: AtomicBool,
@@ -381,11 +387,13 @@ impl NandArray {
     fn assemble(image: Image, config: NandConfig) -> Self {
         let g = &config.geometry;
         let block_locks = (0..g.total_blocks()).map(|_| Mutex::new(())).collect();
+        let block_seqs = BlockSeqs::new(g.total_blocks() as usize);
         let write_buffers = (0..g.dies()).map(|_| Mutex::new(VecDeque::new())).collect();
         Self {
             image,
             config,
             block_locks,
+            block_seqs,
             write_buffers,
             powered: AtomicBool::new(true),
             powered_since: Mutex::new(Some(Instant::now())),
@@ -548,16 +556,40 @@ impl NandArray {
             return PageRead::Failed(NandError::InvalidAddress(ppa));
         }
         let bi = self.block_index(ppa.die, ppa.block);
-        let _guard = self.block_locks[bi as usize].lock();
+        // SAFETY: the caller's guarantees are `sense`'s; a run that an erase
+        // overlapped is discarded and run again.
+        let outcome = self.block_seqs.read(bi as usize, || unsafe { self.sense(ppa, bi, data, offset, len, oob) });
+        match outcome {
+            PageRead::Failed(_) => return outcome,
+            PageRead::Uncorrectable => self.bump(Counter::UncorrectableReads, 1),
+            PageRead::Ok { corrected_bits } if corrected_bits > 0 => {
+                self.bump(Counter::EccCorrectedReads, 1);
+                self.bump(Counter::EccCorrectedBits, corrected_bits as u64);
+            }
+            PageRead::Ok { .. } | PageRead::Erased => {}
+        }
+        self.bump(Counter::PagesRead, 1);
+        self.bump(Counter::BytesRead, g.page_size as u64);
+        outcome
+    }
+
+    /// The body of a page read of block `bi` (the caller checked the address
+    /// and the column): copies the column and OOB out and draws the ECC
+    /// outcome, counting nothing, so [`BlockSeqs::read`] may run it again.
+    ///
+    /// # Safety
+    /// As for [`Self::read_page_column`].
+    unsafe fn sense(&self, ppa: Ppa, bi: u64, data: *mut u8, offset: usize, len: usize, oob: *mut u8) -> PageRead {
+        let g = self.config.geometry;
         if self.die_failed(ppa.die) {
             return PageRead::Failed(NandError::DieFailed(ppa.die));
         }
         if self.bad_reason_of(bi) == Some(BadReason::Factory) {
             return PageRead::Failed(NandError::BadBlock { die: ppa.die, block: ppa.block });
         }
-        self.bump(Counter::PagesRead, 1);
-        self.bump(Counter::BytesRead, g.page_size as u64);
-        let wp = self.block_word(bi, 1).load(Ordering::Relaxed);
+        // Pairs with the release store of a program: the page's data, OOB
+        // and records are complete below the write pointer read here.
+        let wp = self.block_word(bi, 1).load(Ordering::Acquire);
         if ppa.page >= wp {
             // SAFETY: the caller guarantees `data` (and `oob` when non-null)
             // are writable for the column and an OOB.
@@ -573,9 +605,13 @@ impl NandArray {
         }
         let pi = g.page_index(ppa);
         // SAFETY: `pi` is an existing page and the column lies in it
-        // (checked above), so its data and OOB lie inside the mapping; the
-        // block lock keeps writers out; the caller guarantees the
-        // destinations.
+        // (checked by the caller), so its data and OOB lie inside the
+        // mapping; the caller guarantees the destinations. Programs only
+        // write pages at or past the write pointer read above; only an
+        // erase (inside `BlockSeqs::write`) can change these bytes while
+        // they are copied, and then this run's result is discarded and the
+        // copy made again. The bytes are plain data, valid whatever mix of
+        // old and new a discarded run copied.
         unsafe {
             if !data.is_null() {
                 std::ptr::copy_nonoverlapping(self.image.ptr(self.data_off(pi) + offset as u64), data, len);
@@ -587,7 +623,6 @@ impl NandArray {
         let generation = self.page_word(pi, 0).load(Ordering::Relaxed);
         let meta = self.page_word(pi, 1).load(Ordering::Acquire);
         if meta & PAGE_TORN != 0 {
-            self.bump(Counter::UncorrectableReads, 1);
             return PageRead::Uncorrectable;
         }
         let pe = self.block_word(bi, 0).load(Ordering::Relaxed);
@@ -604,12 +639,7 @@ impl NandArray {
             g.page_size * 8,
         );
         if physics.is_uncorrectable(bits) {
-            self.bump(Counter::UncorrectableReads, 1);
             return PageRead::Uncorrectable;
-        }
-        if bits > 0 {
-            self.bump(Counter::EccCorrectedReads, 1);
-            self.bump(Counter::EccCorrectedBits, bits as u64);
         }
         PageRead::Ok { corrected_bits: bits }
     }
@@ -666,7 +696,8 @@ impl NandArray {
         let generation = self.counter(Counter::ProgramSequence).fetch_add(1, Ordering::Relaxed) + 1;
         self.page_word(pi, 0).store(generation as u32, Ordering::Relaxed);
         self.page_word(pi, 1).store(today() << PAGE_DAY_SHIFT, Ordering::Release);
-        self.block_word(bi, 1).store(wp + 1, Ordering::Relaxed);
+        // Publishes the page to lock-free readers (see `sense`).
+        self.block_word(bi, 1).store(wp + 1, Ordering::Release);
         self.store_state(bi, wp + 1);
         self.bump(Counter::PagesProgrammed, 1);
         self.bump(Counter::BytesWritten, g.page_size as u64);
@@ -723,17 +754,22 @@ impl NandArray {
         let first = bi * g.pages_per_block as u64;
         let pages = first..first + g.pages_per_block as u64;
         self.write_buffers[die as usize].lock().retain(|p| !pages.contains(p));
-        for pi in pages {
-            self.page_word(pi, 0).store(0, Ordering::Relaxed);
-            self.page_word(pi, 1).store(0, Ordering::Relaxed);
-        }
-        // SAFETY: the block's data range lies inside the data region and the
-        // block lock keeps every other access out; the data of pages at or
-        // beyond the (now zero) write pointer is never read.
-        unsafe { self.image.release(self.data_off(first), g.block_bytes()) };
-        self.block_word(bi, 1).store(0, Ordering::Relaxed);
-        self.block_word(bi, 0).store(pe.saturating_add(1), Ordering::Relaxed);
-        self.store_state(bi, 0);
+        // Reads of the block that overlap the erase are run again.
+        self.block_seqs.write(bi as usize, || {
+            for pi in pages {
+                self.page_word(pi, 0).store(0, Ordering::Relaxed);
+                self.page_word(pi, 1).store(0, Ordering::Relaxed);
+            }
+            // SAFETY: the block's data range lies inside the data region;
+            // the block lock keeps other writers out and readers that copy
+            // from it meanwhile discard what they copied (`BlockSeqs`); the
+            // data of pages at or beyond the (now zero) write pointer is
+            // never read.
+            unsafe { self.image.release(self.data_off(first), g.block_bytes()) };
+            self.block_word(bi, 1).store(0, Ordering::Relaxed);
+            self.block_word(bi, 0).store(pe.saturating_add(1), Ordering::Relaxed);
+            self.store_state(bi, 0);
+        });
         self.bump(Counter::BlocksErased, 1);
         Ok(())
     }
@@ -811,14 +847,17 @@ impl NandArray {
             return Err(NandError::InvalidAddress(ppa));
         }
         let pi = g.page_index(ppa);
-        let _guard = self.block_locks[self.block_index(ppa.die, ppa.block) as usize].lock();
-        // SAFETY: `pi` is an existing page and `offset` lies in it, so the
-        // byte is inside the mapping; the block lock keeps readers and
-        // writers of the page out while it changes.
-        unsafe {
-            let byte = self.image.ptr(self.data_off(pi) + offset as u64);
-            byte.write(byte.read() ^ xor);
-        }
+        let bi = self.block_index(ppa.die, ppa.block);
+        let _guard = self.block_locks[bi as usize].lock();
+        self.block_seqs.write(bi as usize, || {
+            // SAFETY: `pi` is an existing page and `offset` lies in it, so
+            // the byte is inside the mapping; the block lock keeps writers
+            // out and readers overlapping the change read again.
+            unsafe {
+                let byte = self.image.ptr(self.data_off(pi) + offset as u64);
+                byte.write(byte.read() ^ xor);
+            }
+        });
         Ok(())
     }
 
