@@ -135,13 +135,7 @@ impl VslChannel {
         rec.slots = self.spp as u8;
         // SAFETY: the staging page is host-owned until submission.
         let page = unsafe { std::slice::from_raw_parts(dst, self.page_size) };
-        let crc = rec.data_crc(page);
-        let mut raw = [0u8; 128];
-        let n = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
-        rec.encode_with_crc(crc, &mut raw[..n]);
-        // SAFETY: the OOB slot (cmd c, page i) lies in our OOB region and
-        // the card does not touch it until the command is submitted.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
+        self.store_oob(c, i, &rec, rec.data_crc(page));
         self.cmds[c].n += 1;
         self.open_fill = 0;
     }

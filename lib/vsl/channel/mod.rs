@@ -29,7 +29,7 @@ use super::device::{IoVec, Vsl};
 use super::error::{IoError, SubmitError, VslError};
 use super::map::{Layout, UNMAPPED};
 use super::oob::{
-    encode_trim_ranges, OobRecord, PageKind, TrimRange, FLAG_ATOMIC, FLAG_ATOMIC_COMMIT, NO_LBA,
+    encode_trim_ranges, DataCrc, OobRecord, PageKind, TrimRange, FLAG_ATOMIC, FLAG_ATOMIC_COMMIT, NO_LBA,
     OOB_RECORD_LEN,
 };
 
@@ -362,6 +362,17 @@ impl VslChannel {
     }
     fn stage_iova(&self, s: u16) -> u64 {
         self.staging.iova() + (s as usize * self.page_size) as u64
+    }
+    /// Encodes `rec` with the page's data CRCs `crc` into the OOB slot of
+    /// page `i` of command `c`. Called only before the command is handed
+    /// to the card.
+    fn store_oob(&self, c: usize, i: usize, rec: &OobRecord, crc: DataCrc) {
+        let mut raw = [0u8; 128];
+        let n = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
+        rec.encode_with_crc(crc, &mut raw[..n]);
+        // SAFETY: the OOB slot (cmd c, page i) lies in our OOB region and
+        // the card does not read it until the command is submitted.
+        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
     }
     fn writes_allowed(&self) -> Result<(), SubmitError> {
         if self.vsl.is_offline() || self.vsl.detached.load(Ordering::Acquire) {

@@ -59,12 +59,7 @@ impl VslChannel {
             let page = unsafe { std::slice::from_raw_parts(dst, self.page_size) };
             crc = rec.data_crc(page);
         }
-        let mut raw = [0u8; 128];
-        let n = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
-        rec.encode_with_crc(crc, &mut raw[..n]);
-        // SAFETY: the OOB slot (cmd c, page i) lies in our OOB region and
-        // the card does not touch it until the command is submitted.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
+        self.store_oob(c, i, &rec, crc);
     }
     /// Submits the in-flight part `[off, off+cnt)` of program command `c`.
     pub(super) fn submit_program(&mut self, c: usize) -> Result<(), SubmitError> {
@@ -297,12 +292,7 @@ impl VslChannel {
         self.cmds[c].staging[i] = s;
         // SAFETY: the staging page is host-owned until submission.
         let page = unsafe { std::slice::from_raw_parts(dst, self.page_size) };
-        let crc = rec.data_crc(page);
-        let mut raw = [0u8; 128];
-        let n = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
-        rec.encode_with_crc(crc, &mut raw[..n]);
-        // SAFETY: our OOB slot, not yet handed to the card.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
+        self.store_oob(c, i, &rec, rec.data_crc(page));
     }
     /// Programs pad pages `[first, first+count)` of `block` for request `r`.
     pub(super) fn submit_pad(&mut self, r: u16, block: u32, first: u32, count: u32) {
@@ -311,9 +301,6 @@ impl VslChannel {
         let zeros = unsafe { std::slice::from_raw_parts(self.zero_page.as_ptr(), self.page_size) };
         let rec = OobRecord::new(PageKind::Pad, 0);
         let crc = rec.data_crc(zeros);
-        let mut raw = [0u8; 128];
-        let n = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
-        rec.encode_with_crc(crc, &mut raw[..n]);
         let mut done = 0;
         while done < count {
             let k = (count - done).min(CMD_PAGES as u32);
@@ -345,8 +332,7 @@ impl VslChannel {
                 }
             }
             for i in 0..k as usize {
-                // SAFETY: our OOB slot, not yet handed to the card.
-                unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
+                self.store_oob(c, i, &rec, crc);
             }
             if self.submit_program(c).is_ok() {
                 self.reqs[r as usize].pending += 1;
@@ -400,12 +386,7 @@ impl VslChannel {
         }
         let mut rec = OobRecord::new(PageKind::Trim, seq);
         rec.count = n as u16;
-        let crc = rec.data_crc(&self.page_buf);
-        let mut raw = [0u8; 128];
-        let on = self.oob_size.min(raw.len()).max(OOB_RECORD_LEN);
-        rec.encode_with_crc(crc, &mut raw[..on]);
-        // SAFETY: our OOB slot, not yet handed to the card.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, 0), on.min(self.oob_size)) };
+        self.store_oob(c, 0, &rec, rec.data_crc(&self.page_buf));
         {
             let cmd = &mut self.cmds[c];
             cmd.kind = CmdKind::Note;
