@@ -460,7 +460,7 @@ impl Image {
         // Memory-backed arrays keep their pages: handing them back to the
         // kernel made every program after an erase fault in a freshly
         // zeroed page (most of the CPU time of a random-write benchmark).
-        if !self.is_file() || off % REGION_ALIGN != 0 || len % REGION_ALIGN != 0 || len == 0 {
+        if !self.is_file() || !off.is_multiple_of(REGION_ALIGN) || !len.is_multiple_of(REGION_ALIGN) || len == 0 {
             return;
         }
         let advice = UncheckedAdvice::Remove;
