@@ -35,7 +35,6 @@ macro_rules! counters {
 
             /// Adds a thread's private tally (the counts it kept since its
             /// last `add`); counters it did not move are not written.
-            #[cfg_attr(not(test), expect(dead_code, reason = "for the I/O channel's private tally (lib/vsl/channel, being rewritten); drop this when it calls add"))]
             pub fn add(&self, tally: &CounterSnapshot) {
                 $( if tally.$name != 0 { self.$name.fetch_add(tally.$name, Ordering::Relaxed); } )*
             }

@@ -57,10 +57,10 @@ impl VslChannel {
         if to > from {
             match cmd_kind {
                 CmdKind::Write | CmdKind::Atomic => {
-                    self.vsl.ctr.user_pages.fetch_add((to - from) as u64, Ordering::Relaxed);
+                    self.tally.user_pages += (to - from) as u64;
                 }
                 CmdKind::Pad => {
-                    self.vsl.ctr.pad_pages.fetch_add((to - from) as u64, Ordering::Relaxed);
+                    self.tally.pad_pages += (to - from) as u64;
                 }
                 _ => {}
             }
@@ -87,7 +87,7 @@ impl VslChannel {
                 // Pin the note so the groomer keeps it until installed.
                 self.vsl.blocks.get(block).note_refs.fetch_add(1, Ordering::AcqRel);
                 self.vsl.note_programmed(block, 1, seq);
-                self.vsl.ctr.note_pages.fetch_add(1, Ordering::Relaxed);
+                self.tally.note_pages += 1;
                 self.reqs[r as usize].note = note;
             }
         } else if kind == CmdKind::Atomic {
@@ -324,39 +324,38 @@ impl VslChannel {
         if req.pending > 0 {
             return 0;
         }
-        let vsl = self.vsl.clone();
         match req.kind {
             ReqKind::Trim => {
                 if req.note != UNMAPPED {
                     if req.error.is_none() {
                         for l in req.lba..req.lba + req.count {
-                            vsl.install_trim(l, req.note);
+                            self.vsl.install_trim(l, req.note);
                         }
-                        vsl.ctr.trims.fetch_add(1, Ordering::Relaxed);
-                        vsl.ctr.trimmed_sectors.fetch_add(req.count, Ordering::Relaxed);
+                        self.tally.trims += 1;
+                        self.tally.trimmed_sectors += req.count;
                     }
                     // Unpin (see on_program).
-                    vsl.blocks.get(self.layout.block_of(req.note)).note_refs.fetch_sub(1, Ordering::AcqRel);
+                    self.vsl.blocks.get(self.layout.block_of(req.note)).note_refs.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             ReqKind::Write | ReqKind::Atomic => {
                 let idx = (req.epoch % EPOCHS as u64) as usize;
                 self.epochs[idx] = self.epochs[idx].saturating_sub(1);
                 if req.error.is_none() {
-                    vsl.ctr.user_sectors_written.fetch_add(req.count, Ordering::Relaxed);
+                    self.tally.user_sectors_written += req.count;
                     if req.kind == ReqKind::Atomic {
-                        vsl.ctr.atomic_writes.fetch_add(1, Ordering::Relaxed);
+                        self.tally.atomic_writes += 1;
                     }
                 }
             }
             ReqKind::Read => {
                 if req.error.is_none() {
-                    vsl.ctr.user_sectors_read.fetch_add(req.count, Ordering::Relaxed);
+                    self.tally.user_sectors_read += req.count;
                 }
             }
             ReqKind::Flush => {
                 if req.error.is_none() {
-                    vsl.ctr.flushes.fetch_add(1, Ordering::Relaxed);
+                    self.tally.flushes += 1;
                 }
             }
         }

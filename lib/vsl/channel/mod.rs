@@ -25,6 +25,7 @@ use crate::card::{CardQueue, CardStatus, Completion, Ppa};
 use crate::dma::DmaRegion;
 
 use super::alloc::{NoRoom, Ring};
+use super::counters::CounterSnapshot;
 use super::device::{IoVec, Vsl};
 use super::error::{IoError, SubmitError, VslError};
 use super::map::{Layout, UNMAPPED};
@@ -241,6 +242,9 @@ pub struct VslChannel {
     open_fill: u32,
     /// OOB record of the partly filled page.
     open_rec: OobRecord,
+    /// Counts of this channel's I/O since the last poll, added to the
+    /// shared counters once per poll (no shared line written per I/O).
+    tally: CounterSnapshot,
 }
 
 // SAFETY: the channel owns its queue pair and DMA regions exclusively; the
@@ -340,6 +344,7 @@ impl VslChannel {
             open: None,
             open_fill: 0,
             open_rec: OobRecord::new(PageKind::Data, 0),
+            tally: CounterSnapshot::default(),
             vsl,
         })
     }
@@ -516,6 +521,10 @@ impl VslChannel {
         }
         self.submit_open();
         self.q.ring();
+        if !self.tally.is_zero() {
+            self.vsl.ctr.add(&self.tally);
+            self.tally = CounterSnapshot::default();
+        }
         if self.vsl.needs_grooming() {
             self.vsl.groom();
         }

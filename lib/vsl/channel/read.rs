@@ -26,7 +26,7 @@ impl VslChannel {
         }
         let ss = self.sector_size;
         self.runs.clear();
-        let vsl = self.vsl.clone();
+        let vsl = &*self.vsl;
         let layout = self.layout;
         let mut vi = 0usize;
         let mut voff = 0usize;
@@ -207,8 +207,8 @@ impl VslChannel {
         let n = self.cmds[c].n as usize;
         let ss = self.sector_size;
         if comp.corrected_bits > 0 {
-            self.vsl.ctr.ecc_corrected_bits.fetch_add(comp.corrected_bits as u64, Ordering::Relaxed);
-            self.vsl.ctr.ecc_corrected_reads.fetch_add(1, Ordering::Relaxed);
+            self.tally.ecc_corrected_bits += comp.corrected_bits as u64;
+            self.tally.ecc_corrected_reads += 1;
         }
         let mut raw = [0u8; OOB_RECORD_LEN];
         for i in 0..n {
