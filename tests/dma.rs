@@ -9,7 +9,10 @@ use iomemory::dma::{
 };
 use parking_lot::Mutex;
 
-/// Held by tests whose outcome depends on the hugepage pool size.
+/// Held by every test here: the ones that count on the hugepage pool's
+/// size, and the ones that allocate DMA memory (which takes hugepages when
+/// any are free, so running beside the counting test would take pages it
+/// reserved for itself).
 static HUGEPAGE_POOL: Mutex<()> = Mutex::new(());
 
 const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
@@ -119,6 +122,7 @@ fn without_hugepages_allocate_falls_back_to_4k_pages() {
 
 #[test]
 fn buffers_translate_exactly_and_one_past_the_end_fails() {
+    let _pool_size = HUGEPAGE_POOL.lock();
     let space = Arc::new(IovaSpace::new());
     let region = DmaRegion::allocate_small(&space, 16 * 8192).unwrap();
     let pool = DmaPool::from_region(region, 5000).unwrap();
@@ -144,6 +148,7 @@ fn buffers_translate_exactly_and_one_past_the_end_fails() {
 
 #[test]
 fn buffers_keep_their_pool_alive_and_exhaustion_recovers() {
+    let _pool_size = HUGEPAGE_POOL.lock();
     let space = Arc::new(IovaSpace::new());
     let region = DmaRegion::allocate_small(&space, 2 * PAGE_SIZE).unwrap();
     let pool = DmaPool::from_region(region, PAGE_SIZE).unwrap();
@@ -167,6 +172,7 @@ fn buffers_keep_their_pool_alive_and_exhaustion_recovers() {
 
 #[test]
 fn shared_pool_buffers_are_visible_through_the_memfd() {
+    let _pool_size = HUGEPAGE_POOL.lock();
     let space = Arc::new(IovaSpace::new());
     let region = DmaRegion::allocate_shared(&space, 4 * PAGE_SIZE).unwrap();
     let file = std::fs::File::from(region.memfd().unwrap().try_clone_to_owned().unwrap());
@@ -184,6 +190,7 @@ fn shared_pool_buffers_are_visible_through_the_memfd() {
 
 #[test]
 fn two_threads_alloc_and_free_with_every_byte_verified() {
+    let _pool_size = HUGEPAGE_POOL.lock();
     const BUF: usize = 4096;
     let space = Arc::new(IovaSpace::new());
     let region = DmaRegion::allocate_small(&space, 48 * BUF).unwrap();
