@@ -5,12 +5,13 @@
 //! its requests without leaving garbage behind.
 
 use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 
-use iomemory::blk::{BlockDevice, IoBuffer, OpenOptions};
-use iomemory::card::Card;
-use iomemory::emu::{small_test_config, Backing, EmuOptions, NandArray};
-use iomemory::vsl::{AttachKind, FormatOptions, IoError, VslChannel};
+use iomemory::blk::{BlockDevice, IoBuffer};
+use iomemory::emu::{small_test_config, Backing, NandArray};
+use iomemory::vsl::{AttachKind, IoError, VslChannel};
 
 const SS: usize = 512;
 
@@ -27,16 +28,7 @@ fn pattern(lba: u64, gen: u64) -> Vec<u8> {
 }
 
 fn device(nand: &Arc<NandArray>) -> Arc<BlockDevice> {
-    let card = Card::open_emulated(nand.clone(), EmuOptions::default()).unwrap();
-    let opts = OpenOptions {
-        format_if_blank: true,
-        format: FormatOptions {
-            sector_size: SS as u32,
-            ..FormatOptions::default()
-        },
-        ..OpenOptions::default()
-    };
-    BlockDevice::attach(card, &opts, &mut |_, _| {}).unwrap()
+    common::block_device(nand, SS as u32)
 }
 
 /// Submits one single-sector write per `(lba, data)` — all before any poll

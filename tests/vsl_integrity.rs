@@ -4,12 +4,14 @@
 //! read, and a staged (unaligned) read; the other sectors of the same page
 //! still read back intact.
 
+mod common;
+
 use std::sync::Arc;
 
-use iomemory::blk::{BlockDevice, IoBuffer, OpenOptions};
-use iomemory::card::{Card, Ppa};
-use iomemory::emu::{small_test_config, Backing, EmuOptions, NandArray};
-use iomemory::vsl::{FormatOptions, IoError, OobRecord, PageKind, VslChannel};
+use iomemory::blk::{BlockDevice, IoBuffer};
+use iomemory::card::Ppa;
+use iomemory::emu::{small_test_config, Backing, NandArray};
+use iomemory::vsl::{IoError, OobRecord, PageKind, VslChannel};
 
 const SS: usize = 512;
 
@@ -18,16 +20,7 @@ fn pattern(lba: u64) -> Vec<u8> {
 }
 
 fn device(nand: &Arc<NandArray>) -> Arc<BlockDevice> {
-    let card = Card::open_emulated(nand.clone(), EmuOptions::default()).unwrap();
-    let opts = OpenOptions {
-        format_if_blank: true,
-        format: FormatOptions {
-            sector_size: SS as u32,
-            ..FormatOptions::default()
-        },
-        ..OpenOptions::default()
-    };
-    BlockDevice::attach(card, &opts, &mut |_, _| {}).unwrap()
+    common::block_device(nand, SS as u32)
 }
 
 /// Reads `count` sectors from `lba` into `buf` at `offset`; returns the
