@@ -285,11 +285,6 @@ impl Image {
             .no_reserve_swap()
             .map_anon()
             .map_err(|source| EmuError::Io { path: memory_path(), source })?;
-        // Random page reads over gigabytes of emulated NAND miss the TLB on
-        // almost every access with 4 KiB pages; transparent huge pages
-        // (where the kernel offers them) cut the page walks. Only advice:
-        // a kernel without THP ignores it or refuses, and nothing changes.
-        let _ = map.advise(memmap2::Advice::HugePage);
         let image = Self { map: MmapRaw::from(map), file: None, path: memory_path(), layout };
         image.write_header(&header);
         Ok(image)

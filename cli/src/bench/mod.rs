@@ -619,20 +619,6 @@ unsafe impl Sync for SharedArray {}
 // SAFETY: as for Sync.
 unsafe impl Send for SharedArray {}
 
-/// Asks for transparent huge pages over the whole 4 KiB pages of `buf`
-/// (advice only: ignored where the kernel offers none).
-fn advise_huge_pages(buf: &mut [u8]) {
-    const PAGE: usize = 4096;
-    let start = (buf.as_mut_ptr() as usize).next_multiple_of(PAGE);
-    let end = (buf.as_mut_ptr() as usize + buf.len()) / PAGE * PAGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside `buf`, which we borrow mutably;
-        // MADV_HUGEPAGE changes how the kernel backs the range, never its
-        // contents, and a failure leaves everything as it was.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
 /// Runs `iomem bench`.
 pub fn run(args: Args) -> Result<ExitCode, String> {
     let device = open_device(&args)?;
@@ -657,9 +643,6 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         Some("memcpy") => {
             let len = dev.num_blocks() as usize * block;
             let mut array = vec![0u8; len];
-            // The emulated card's NAND asks for transparent huge pages; so
-            // does the baseline, or the comparison would favour the card.
-            advise_huge_pages(&mut array);
             // Touch every page with data, as the card's NAND holds data: an
             // untouched `vec![0; len]` reads from the kernel's single shared
             // zero page, always in cache, which is not the same workload.
