@@ -58,8 +58,8 @@ EOF
 build_module() {
 	log "cargo build --release -p iomemory-bdev -p iomem (SPDK_DIR=$SPDK_DIR)"
 	(cd "$REPO" && SPDK_DIR=$SPDK_DIR nice cargo build --release -p iomemory-bdev -p iomem)
-	nm -D --defined-only "$MODULE" | grep -q iomem_rs_abi_version || die "$MODULE lacks the Rust ABI"
-	nm "$MODULE" | grep -q rpc_register_rpc_bdev_iomemory_create || die "$MODULE was built without the SPDK shim"
+	nm -D --defined-only "$MODULE" | grep iomem_rs_abi_version > /dev/null || die "$MODULE lacks the Rust ABI"
+	nm "$MODULE" | grep rpc_register_rpc_bdev_iomemory_create > /dev/null || die "$MODULE was built without the SPDK shim"
 }
 
 HUGE_PREV=
