@@ -214,6 +214,7 @@ impl Vsl {
             seq: AtomicU64::new(next_seq),
             ctr: counters,
             opts: opts.clone(),
+            read_gates: super::readgate::ReadGates::new(tune.max_channels),
             plp,
             tune,
             read_only: AtomicBool::new(false),

@@ -63,8 +63,6 @@ pub struct BlockMeta {
     pub written: AtomicU32,
     /// Highest version sequence written into the block (its age).
     pub age: AtomicU64,
-    /// Reads in flight on the block; the groomer waits for zero before erasing.
-    pub readers: AtomicU32,
 }
 
 impl BlockMeta {
@@ -76,7 +74,6 @@ impl BlockMeta {
             pe: AtomicU32::new(0),
             written: AtomicU32::new(0),
             age: AtomicU64::new(0),
-            readers: AtomicU32::new(0),
         }
     }
 

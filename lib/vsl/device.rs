@@ -172,6 +172,8 @@ pub struct Vsl {
     pub(crate) channels: AtomicUsize,
     pub(crate) channel_ids: AtomicUsize,
     pub(crate) orphans: ArrayQueue<AppendPoint>,
+    /// One per channel: what the groomer waits on before an erase.
+    pub(crate) read_gates: super::readgate::ReadGates,
     pub(crate) gc_active: AtomicBool,
     pub(crate) groomer: Mutex<Groomer>,
     pub(crate) meta: Mutex<MetaState>,

@@ -90,6 +90,8 @@ struct Victim {
     wear: bool,
     lost: bool,
     passes: u32,
+    /// The read gates were snapshot for the erase (`Groomer::erase_snap`).
+    gates_snapped: bool,
 }
 
 /// Groomer state (lives inside `Vsl::groomer`).
@@ -113,6 +115,8 @@ pub struct Groomer {
     wear_due: bool,
     /// Retiring blocks given up on until the next erase.
     stuck: Vec<u32>,
+    /// Read-gate counts taken when the victim became ready to erase.
+    erase_snap: Vec<u64>,
 }
 
 impl std::fmt::Debug for Groomer {
@@ -173,6 +177,7 @@ impl Groomer {
             victim: None,
             wear_due: true,
             stuck: Vec::with_capacity(64),
+            erase_snap: Vec::with_capacity(64),
         })
     }
 
@@ -278,6 +283,7 @@ impl Groomer {
             wear,
             lost: false,
             passes: 0,
+            gates_snapped: false,
         };
         // 1. Failed blocks: move their data out first (skipping ones that
         // could not be emptied lately, so they cannot starve reclamation).
@@ -387,6 +393,7 @@ impl Groomer {
                             return;
                         }
                         v.phase = if vsl.plp { Phase::NeedErase } else { Phase::NeedFlush };
+                        v.gates_snapped = false;
                     } else if v.lost {
                         // Live sectors whose page cannot be read: keep the
                         // block (reads of them fail) and never reuse it.
@@ -424,8 +431,13 @@ impl Groomer {
                 }
             }
             Phase::NeedErase => {
-                let m = vsl.blocks.get(v.block);
-                if m.readers.load(Ordering::SeqCst) == 0 {
+                // Nothing in the map points into the victim any more: wait
+                // for the reads that may have looked it up before that.
+                if !v.gates_snapped {
+                    vsl.read_gates.snapshot(&mut self.erase_snap);
+                    v.gates_snapped = true;
+                }
+                if vsl.read_gates.passed(&self.erase_snap) {
                     if let Some(c) = self.take_cmd() {
                         self.cmds[c].kind = GKind::Erase;
                         self.cmds[c].n = 0;
@@ -575,6 +587,7 @@ impl Groomer {
             GKind::Flush => {
                 if let Some(v) = self.victim.as_mut() {
                     v.phase = if comp.status.is_ok() { Phase::NeedErase } else { Phase::NeedFlush };
+                    v.gates_snapped = false;
                 }
             }
             GKind::Erase => {

@@ -36,6 +36,7 @@ mod meta;
 mod metalog;
 mod oob;
 mod options;
+pub(crate) mod readgate;
 pub mod pattern;
 mod recovery;
 mod status;

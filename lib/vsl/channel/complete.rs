@@ -349,6 +349,7 @@ impl VslChannel {
                 }
             }
             ReqKind::Read => {
+                self.read_done(req.read_no);
                 if req.error.is_none() {
                     self.tally.user_sectors_read += req.count;
                 }

@@ -46,6 +46,9 @@ const EPOCHS: usize = 64;
 const CMD_PAGES: usize = CardQueue::MAX_PAGES;
 /// Marker: page not staged.
 const NO_STAGE: u16 = u16::MAX;
+/// Reads one channel may have announced and not yet retired (the oldest
+/// still in flight holds back the ones after it).
+const READ_RING: usize = 4096;
 /// Marker: a command serving several requests (listed in `Cmd::members`).
 const NO_REQ: u16 = u16::MAX;
 
@@ -69,6 +72,8 @@ struct Req {
     count: u64,
     note: u32,
     queued_flush: bool,
+    /// Reads: the number announced on the channel's read gate.
+    read_no: u64,
 }
 
 impl Req {
@@ -83,6 +88,7 @@ impl Req {
             count: 0,
             note: UNMAPPED,
             queued_flush: false,
+            read_no: 0,
         }
     }
 }
@@ -245,6 +251,13 @@ pub struct VslChannel {
     /// Counts of this channel's I/O since the last poll, added to the
     /// shared counters once per poll (no shared line written per I/O).
     tally: CounterSnapshot,
+    /// This channel's gate in `Vsl::read_gates`, the reads announced on it,
+    /// the number below which all have completed, and which completed
+    /// (indexed by read number modulo READ_RING).
+    gate: usize,
+    reads_issued: u64,
+    reads_retired: u64,
+    read_done: Box<[bool]>,
 }
 
 // SAFETY: the channel owns its queue pair and DMA regions exclusively; the
@@ -313,6 +326,9 @@ impl VslChannel {
         }
         let spp = layout.sectors_per_page;
         let sector_size = vsl.sb.sector_size as usize;
+        let Some((gate, first_read)) = vsl.read_gates.claim() else {
+            return Err(VslError::TooManyChannels(vsl.read_gates.len()));
+        };
         Ok(Self {
             q,
             layout,
@@ -345,6 +361,10 @@ impl VslChannel {
             open_fill: 0,
             open_rec: OobRecord::new(PageKind::Data, 0),
             tally: CounterSnapshot::default(),
+            gate,
+            reads_issued: first_read,
+            reads_retired: first_read,
+            read_done: vec![false; READ_RING].into_boxed_slice(),
             vsl,
         })
     }
@@ -378,6 +398,25 @@ impl VslChannel {
         // SAFETY: the OOB slot (cmd c, page i) lies in our OOB region and
         // the card does not read it until the command is submitted.
         unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.oob_ptr(c, i), n.min(self.oob_size)) };
+    }
+    /// Read `no` completed (or was refused after its announcement).
+    fn read_done(&mut self, no: u64) {
+        self.read_done[(no % READ_RING as u64) as usize] = true;
+    }
+    /// Publishes on the read gate how far reads have all completed.
+    fn retire_reads(&mut self) {
+        let before = self.reads_retired;
+        while self.reads_retired < self.reads_issued {
+            let i = (self.reads_retired % READ_RING as u64) as usize;
+            if !self.read_done[i] {
+                break;
+            }
+            self.read_done[i] = false;
+            self.reads_retired += 1;
+        }
+        if self.reads_retired != before {
+            self.vsl.read_gates.retire(self.gate, self.reads_retired);
+        }
     }
     fn writes_allowed(&self) -> Result<(), SubmitError> {
         if self.vsl.is_offline() || self.vsl.detached.load(Ordering::Acquire) {
@@ -485,16 +524,6 @@ impl VslChannel {
                 self.cmds[c].staging[i] = NO_STAGE;
             }
         }
-        if self.cmds[c].kind == CmdKind::Read {
-            for i in 0..n {
-                let run = self.cmds[c].runs[i];
-                self.vsl
-                    .blocks
-                    .get(self.layout.block_of_page(run.page))
-                    .readers
-                    .fetch_sub(run.nslots as u32, Ordering::SeqCst);
-            }
-        }
         self.cmds[c].n = 0;
         self.cmds[c].scattered = false;
         self.cmd_free.push(c as u16);
@@ -521,6 +550,7 @@ impl VslChannel {
         }
         self.submit_open();
         self.q.ring();
+        self.retire_reads();
         if !self.tally.is_zero() {
             self.vsl.ctr.add(&self.tally);
             self.tally = CounterSnapshot::default();
@@ -565,6 +595,7 @@ impl Drop for VslChannel {
                 );
             }
         }
+        self.vsl.read_gates.release(self.gate);
         self.vsl.channels.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -21,9 +21,14 @@ impl VslChannel {
             return Err(SubmitError::Offline);
         }
         let count = self.check_buffers(lba, data)?;
-        if self.req_free.is_empty() {
+        if self.req_free.is_empty() || self.reads_issued - self.reads_retired >= READ_RING as u64 {
             return Err(SubmitError::QueueFull);
         }
+        // Announce the read before any map lookup: from here until it is
+        // marked done the groomer erases no block it may have found.
+        let read_no = self.reads_issued;
+        self.reads_issued += 1;
+        self.vsl.read_gates.announce(self.gate, self.reads_issued);
         let ss = self.sector_size;
         self.runs.clear();
         let vsl = &*self.vsl;
@@ -42,17 +47,9 @@ impl VslChannel {
             let dst_iova = v.iova() + voff as u64;
             voff += ss;
             let l = lba + s;
-            let phys = loop {
-                let phys = vsl.map.get(l);
-                if phys == UNMAPPED || vsl.is_trim(phys) {
-                    break UNMAPPED;
-                }
-                let b = layout.block_of(phys);
-                vsl.blocks.get(b).readers.fetch_add(1, Ordering::SeqCst);
-                if vsl.map.get(l) == phys {
-                    break phys;
-                }
-                vsl.blocks.get(b).readers.fetch_sub(1, Ordering::SeqCst);
+            let phys = match vsl.map.get(l) {
+                p if p == UNMAPPED || vsl.is_trim(p) => UNMAPPED,
+                p => p,
             };
             let zero = phys == UNMAPPED;
             let page = if zero { u32::MAX } else { layout.page_of(phys) };
@@ -106,15 +103,11 @@ impl VslChannel {
         }
         debug_assert!(cmds >= data_runs.div_ceil(CMD_PAGES));
         if !self.have_room(cmds, staged) {
-            for run in self.runs.iter().filter(|r| !r.zero) {
-                vsl.blocks
-                    .get(layout.block_of_page(run.page))
-                    .readers
-                    .fetch_sub(run.nslots as u32, Ordering::SeqCst);
-            }
+            self.read_done(read_no);
             return Err(SubmitError::QueueFull);
         }
         let r = self.alloc_req(ctx, ReqKind::Read);
+        self.reqs[r as usize].read_no = read_no;
         self.reqs[r as usize].lba = lba;
         self.reqs[r as usize].count = count;
         let mut c = usize::MAX;
