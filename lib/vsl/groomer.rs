@@ -10,8 +10,9 @@
 //! flags cleared: the group is known committed), and moves the map entries
 //! by compare-and-swap, so a user write that lands meanwhile wins. Without
 //! power-loss protection it flushes the card before erasing, so the moved
-//! copies are durable before the originals disappear. Reads in flight on
-//! the victim are waited for (per-block reader counts) before the erase.
+//! copies are durable before the originals disappear. Reads that may have
+//! found the victim in the map are waited for (the channels' read gates,
+//! `readgate.rs`) before the erase.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
