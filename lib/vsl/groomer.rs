@@ -189,15 +189,7 @@ impl Groomer {
     pub fn quiesce(&mut self, vsl: &Vsl, limit: std::time::Duration) -> bool {
         let start = std::time::Instant::now();
         while self.q.outstanding() > 0 {
-            self.q.ring();
-            self.cq_buf.clear();
-            let cap = self.cq_buf.capacity();
-            let buf = &mut self.cq_buf;
-            let reaped = self.q.poll(cap, |c| buf.push(c));
-            for i in 0..reaped {
-                let c = self.cq_buf[i];
-                self.on_completion(vsl, c);
-            }
+            let reaped = self.reap(vsl);
             if start.elapsed() > limit {
                 return false;
             }
@@ -216,6 +208,21 @@ impl Groomer {
             self.buf_free.push(p);
         }
         true
+    }
+
+    /// Rings the doorbell for what is queued, reaps the completions and
+    /// applies them; returns how many there were.
+    fn reap(&mut self, vsl: &Vsl) -> usize {
+        self.q.ring();
+        self.cq_buf.clear();
+        let cap = self.cq_buf.capacity();
+        let buf = &mut self.cq_buf;
+        let reaped = self.q.poll(cap, |c| buf.push(c));
+        for i in 0..reaped {
+            let c = self.cq_buf[i];
+            self.on_completion(vsl, c);
+        }
+        reaped
     }
 
     fn buf_ptr(&self, b: u16) -> *mut u8 {
@@ -245,15 +252,7 @@ impl Groomer {
     /// One round of work: reap, choose or advance the victim, submit.
     /// Returns whether anything happened.
     pub fn step(&mut self, vsl: &Vsl) -> bool {
-        self.q.ring();
-        self.cq_buf.clear();
-        let cap = self.cq_buf.capacity();
-        let buf = &mut self.cq_buf;
-        let reaped = self.q.poll(cap, |c| buf.push(c));
-        for i in 0..reaped {
-            let c = self.cq_buf[i];
-            self.on_completion(vsl, c);
-        }
+        let reaped = self.reap(vsl);
         if vsl.is_offline() {
             return reaped > 0;
         }
